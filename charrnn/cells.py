@@ -1,0 +1,278 @@
+"""Recurrent kernels: the only time loops in charrnn.
+
+Each cell consumes the input projection of the whole window, computed by the caller in one
+matrix product over all N*T positions (bias included), and runs only the recurrent product
+`h @ Wh` inside its loop:
+
+    a_t = xw_t + h_{t-1} @ Wh                      xw (T, N, G), Wh (H, G), G = gates * H
+
+Vanilla RNN (G = H):
+    h_t = tanh(a_t)            or relu(a_t)
+
+LSTM (G = 4H, gate order LSTM_GATES = i, f, o, g; optional diagonal peepholes p_i, p_f, p_o):
+    i = sigmoid(a_i + p_i * c_{t-1})     f = sigmoid(a_f + p_f * c_{t-1})
+    g = tanh(a_g)                        c_t = f * c_{t-1} + i * g
+    o = sigmoid(a_o + p_o * c_t)         h_t = o * tanh(c_t)
+
+GRU, the cuDNN / PyTorch form (G = 3H, gate order GRU_GATES = r, z, n; the recurrent bias of
+the r and z gates is folded into the input bias, only b_hn stays inside the loop):
+    r = sigmoid(a_r)                     z = sigmoid(a_z)
+    n = tanh(xw_n + r * (h_{t-1} @ Wh_n + b_hn))
+    h_t = (1 - z) * n + z * h_{t-1}
+
+Arrays are time-major, (T, N, .), so every step reads and writes one contiguous slab.
+`*_forward(xw, state, ...) -> (hs, state, cache)` returns hs (T, N, H) and the final state;
+`*_backward(dhs, dstate, cache) -> (dxw, dstate0, grads)` takes the upstream gradient of every
+output (dstate may be None: truncated BPTT sends nothing back from the next window) and
+consumes its cache: activation buffers are overwritten with gate gradients, as in torch-rnn,
+so the cache costs G + 2H floats per position and position-wise backward allocates nothing.
+`*_step(xw, state, ...) -> (h, state)` runs one step through the same activation code as the
+forward loop, so sampling equals training bit for bit.
+States are tuples: (h,) for RNN and GRU, (h, c) for LSTM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .functional import sigmoid_
+
+LSTM_GATES = ("i", "f", "o", "g")
+GRU_GATES = ("r", "z", "n")
+GATES = {"rnn": 1, "lstm": len(LSTM_GATES), "gru": len(GRU_GATES)}
+
+
+# ---------------------------------------------------------------- vanilla RNN
+
+
+def _rnn_activate(a: np.ndarray, relu: bool) -> None:
+    if relu:
+        np.maximum(a, 0, out=a)
+    else:
+        np.tanh(a, out=a)
+
+
+def rnn_forward(xw, state, Wh, relu=False):
+    """xw (T, N, H), state (h0 (N, H),), Wh (H, H) -> hs (T, N, H), (hT,), cache."""
+    T, N, H = xw.shape
+    hbuf = np.empty((T + 1, N, H), dtype=xw.dtype)
+    hbuf[0] = state[0]
+    for t in range(T):
+        np.matmul(hbuf[t], Wh, out=hbuf[t + 1])
+        hbuf[t + 1] += xw[t]
+        _rnn_activate(hbuf[t + 1], relu)
+    return hbuf[1:], (hbuf[T].copy(),), (hbuf, Wh, relu)
+
+
+def rnn_backward(dhs, dstate, cache):
+    """dhs (T, N, H), dstate (dhT,) or None -> dxw (T, N, H), (dh0,), {"Wh": (H, H)}."""
+    hbuf, Wh, relu = cache
+    T, N, H = dhs.shape
+    da = np.empty_like(dhs)
+    dh = np.zeros((N, H), dhs.dtype) if dstate is None else dstate[0].copy()
+    for t in range(T - 1, -1, -1):
+        dh += dhs[t]
+        h = hbuf[t + 1]
+        if relu:
+            np.multiply(dh, h > 0, out=da[t])
+        else:
+            np.multiply(h, h, out=da[t])
+            np.subtract(1, da[t], out=da[t])
+            da[t] *= dh
+        np.matmul(da[t], Wh.T, out=dh)
+    dWh = hbuf[:-1].reshape(T * N, H).T @ da.reshape(T * N, H)
+    return da, (dh,), {"Wh": dWh}
+
+
+def rnn_step(xw, state, Wh, relu=False):
+    """xw (N, H), state (h (N, H),) -> h (N, H), (h,)."""
+    a = state[0] @ Wh
+    a += xw
+    _rnn_activate(a, relu)
+    return a, (a,)
+
+
+# ---------------------------------------------------------------- LSTM
+
+
+def _lstm_activate(a, c_prev, peep, c_out, tanh_c_out, h_out):
+    """Turn pre-activations a (N, 4H) into i, f, o, g in place and write c_t, tanh(c_t), h_t."""
+    H = c_prev.shape[1]
+    if peep is not None:
+        a[:, :H] += peep[:H] * c_prev
+        a[:, H : 2 * H] += peep[H : 2 * H] * c_prev
+    sigmoid_(a[:, : 2 * H])
+    np.tanh(a[:, 3 * H :], out=a[:, 3 * H :])
+    i, f, o, g = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
+    np.multiply(f, c_prev, out=c_out)
+    c_out += i * g
+    if peep is not None:
+        o += peep[2 * H :] * c_out
+    sigmoid_(o)
+    np.tanh(c_out, out=tanh_c_out)
+    np.multiply(o, tanh_c_out, out=h_out)
+
+
+def lstm_forward(xw, state, Wh, peep=None):
+    """xw (T, N, 4H), state (h0, c0) each (N, H), Wh (H, 4H), peep (3H,) ordered i, f, o or None
+    -> hs (T, N, H), (hT, cT), cache."""
+    T, N, G = xw.shape
+    H = G // 4
+    gates = np.empty_like(xw)  # activated i, f, o, g; later their gradients
+    hbuf = np.empty((T + 1, N, H), dtype=xw.dtype)
+    cbuf = np.empty((T + 1, N, H), dtype=xw.dtype)
+    tanh_c = np.empty((T, N, H), dtype=xw.dtype)
+    hbuf[0], cbuf[0] = state
+    for t in range(T):
+        np.matmul(hbuf[t], Wh, out=gates[t])
+        gates[t] += xw[t]
+        _lstm_activate(gates[t], cbuf[t], peep, cbuf[t + 1], tanh_c[t], hbuf[t + 1])
+    cache = (gates, hbuf, cbuf, tanh_c, Wh, peep)
+    return hbuf[1:], (hbuf[T].copy(), cbuf[T].copy()), cache
+
+
+def lstm_backward(dhs, dstate, cache):
+    """dhs (T, N, H), dstate (dhT, dcT) or None -> dxw (T, N, 4H), (dh0, dc0),
+    {"Wh": (H, 4H)} plus {"peep": (3H,)} for a peephole cell."""
+    gates, hbuf, cbuf, tanh_c, Wh, peep = cache
+    T, N, H = dhs.shape
+    if dstate is None:
+        dh, dc = np.zeros((N, H), dhs.dtype), np.zeros((N, H), dhs.dtype)
+    else:
+        dh, dc = dstate[0].copy(), dstate[1].copy()
+    tmp = np.empty((N, H), dhs.dtype)
+    for t in range(T - 1, -1, -1):
+        dh += dhs[t]
+        a = gates[t]
+        i, f, o, g = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
+        tc, c_prev = tanh_c[t], cbuf[t]
+        # Each gate's slot is overwritten by its pre-activation gradient once nothing else
+        # reads it; the order below is what makes that safe.
+        np.multiply(tc, tc, out=tmp)  # dc += dh * o * (1 - tanh(c)^2)
+        np.subtract(1, tmp, out=tmp)
+        tmp *= o
+        tmp *= dh
+        dc += tmp
+        np.multiply(dh, tc, out=tmp)  # da_o = dh * tanh(c) * o * (1 - o)
+        tmp *= o
+        np.subtract(1, o, out=o)
+        o *= tmp
+        if peep is not None:
+            dc += o * peep[2 * H :]
+        np.multiply(dc, g, out=tmp)  # di = dc * g, kept while g's slot turns into da_g
+        g *= g  # da_g = dc * i * (1 - g^2)
+        np.subtract(1, g, out=g)
+        g *= i
+        g *= dc
+        tmp *= i  # da_i = di * i * (1 - i)
+        np.subtract(1, i, out=i)
+        i *= tmp
+        np.multiply(dc, c_prev, out=tmp)  # da_f = dc * c_{t-1} * f * (1 - f)
+        tmp *= f
+        dc *= f  # dc_{t-1} = dc * f (+ peephole terms)
+        np.subtract(1, f, out=f)
+        f *= tmp
+        if peep is not None:
+            dc += i * peep[:H]
+            dc += f * peep[H : 2 * H]
+        np.matmul(a, Wh.T, out=dh)
+    dxw = gates
+    flat = dxw.reshape(T * N, 4 * H)
+    grads = {"Wh": hbuf[:-1].reshape(T * N, H).T @ flat}
+    if peep is not None:
+        grads["peep"] = np.concatenate(
+            [
+                np.einsum("tnh,tnh->h", dxw[:, :, :H], cbuf[:-1]),
+                np.einsum("tnh,tnh->h", dxw[:, :, H : 2 * H], cbuf[:-1]),
+                np.einsum("tnh,tnh->h", dxw[:, :, 2 * H : 3 * H], cbuf[1:]),
+            ]
+        )
+    return dxw, (dh, dc), grads
+
+
+def lstm_step(xw, state, Wh, peep=None):
+    """xw (N, 4H), state (h, c) each (N, H) -> h (N, H), (h, c)."""
+    h, c = state
+    a = h @ Wh
+    a += xw
+    c_new, tanh_c, h_new = np.empty_like(c), np.empty_like(c), np.empty_like(h)
+    _lstm_activate(a, c, peep, c_new, tanh_c, h_new)
+    return h_new, (h_new, c_new)
+
+
+# ---------------------------------------------------------------- GRU
+
+
+def _gru_activate(a, xw, h_prev, bhn, hn_out, h_out):
+    """a (N, 3H) holds h_prev @ Wh on entry and r, z, n on exit; writes h_prev @ Wh_n + b_hn
+    to hn_out and h_t to h_out."""
+    H = h_prev.shape[1]
+    a[:, : 2 * H] += xw[:, : 2 * H]
+    sigmoid_(a[:, : 2 * H])
+    r, z, n = a[:, :H], a[:, H : 2 * H], a[:, 2 * H :]
+    np.add(n, bhn, out=hn_out)
+    np.multiply(r, hn_out, out=n)
+    n += xw[:, 2 * H :]
+    np.tanh(n, out=n)
+    np.subtract(h_prev, n, out=h_out)  # h = n + z * (h_prev - n)
+    h_out *= z
+    h_out += n
+
+
+def gru_forward(xw, state, Wh, bhn):
+    """xw (T, N, 3H), state (h0 (N, H),), Wh (H, 3H), bhn (H,) -> hs (T, N, H), (hT,), cache."""
+    T, N, G = xw.shape
+    H = G // 3
+    gates = np.empty_like(xw)  # r, z, n; later the gradients of a_r, a_z and of hn
+    hn = np.empty((T, N, H), dtype=xw.dtype)  # h @ Wh_n + b_hn; later the gradient of a_n
+    hbuf = np.empty((T + 1, N, H), dtype=xw.dtype)
+    hbuf[0] = state[0]
+    for t in range(T):
+        np.matmul(hbuf[t], Wh, out=gates[t])
+        _gru_activate(gates[t], xw[t], hbuf[t], bhn, hn[t], hbuf[t + 1])
+    return hbuf[1:], (hbuf[T].copy(),), (gates, hn, hbuf, Wh)
+
+
+def gru_backward(dhs, dstate, cache):
+    """dhs (T, N, H), dstate (dhT,) or None -> dxw (T, N, 3H), (dh0,),
+    {"Wh": (H, 3H), "bhn": (H,)}."""
+    gates, hn, hbuf, Wh = cache
+    T, N, H = dhs.shape
+    dh = np.zeros((N, H), dhs.dtype) if dstate is None else dstate[0].copy()
+    tmp, dh_direct = np.empty((N, H), dhs.dtype), np.empty((N, H), dhs.dtype)
+    for t in range(T - 1, -1, -1):
+        dh += dhs[t]
+        a = gates[t]
+        r, z, n = a[:, :H], a[:, H : 2 * H], a[:, 2 * H :]
+        np.subtract(hbuf[t], n, out=tmp)  # dz = dh * (h_prev - n)
+        tmp *= dh
+        np.subtract(1, z, out=dh_direct)  # da_n = dh * (1 - z) * (1 - n^2), into n's slot
+        n *= n
+        np.subtract(1, n, out=n)
+        n *= dh_direct
+        n *= dh
+        np.multiply(dh, z, out=dh_direct)  # the path h_prev -> h that skips Wh
+        tmp *= z  # da_z = dz * z * (1 - z)
+        np.subtract(1, z, out=z)
+        z *= tmp
+        np.multiply(n, hn[t], out=tmp)  # dr = da_n * hn
+        hn[t] = n  # hn's slot keeps da_n, the input-side gradient of the n gate
+        n *= r  # n's slot becomes d(hn) = da_n * r, the recurrent-side one
+        tmp *= r  # da_r = dr * r * (1 - r)
+        np.subtract(1, r, out=r)
+        r *= tmp
+        np.matmul(a, Wh.T, out=dh)
+        dh += dh_direct
+    flat = gates.reshape(T * N, 3 * H)
+    grads = {"Wh": hbuf[:-1].reshape(T * N, H).T @ flat, "bhn": gates[:, :, 2 * H :].sum(axis=(0, 1))}
+    gates[:, :, 2 * H :] = hn
+    return gates, (dh,), grads
+
+
+def gru_step(xw, state, Wh, bhn):
+    """xw (N, 3H), state (h (N, H),) -> h (N, H), (h,)."""
+    h = state[0]
+    a = h @ Wh
+    hn, h_new = np.empty_like(h), np.empty_like(h)
+    _gru_activate(a, xw, h, bhn, hn, h_new)
+    return h_new, (h_new,)

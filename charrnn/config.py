@@ -1,0 +1,90 @@
+"""Frozen configuration dataclasses. They are stored in every checkpoint as JSON, so a field
+added later needs a default (old checkpoints must keep loading)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+CELLS = ("lstm", "gru", "rnn")
+NONLINEARITIES = ("tanh", "relu")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of the network. `embedding_size` 0 folds the one-hot input into the rows of
+    layer 0's input weights; a positive value adds a learned (V, E) embedding first."""
+
+    vocab_size: int
+    cell: str = "lstm"
+    hidden_size: int = 256
+    num_layers: int = 2
+    dropout: float = 0.0
+    embedding_size: int = 0
+    peephole: bool = False
+    nonlinearity: str = "tanh"
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, not {self.cell!r}")
+        if self.nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}")
+        if self.peephole and self.cell != "lstm":
+            raise ValueError("peephole connections exist only for the lstm cell")
+        if self.nonlinearity != "tanh" and self.cell != "rnn":
+            raise ValueError("nonlinearity applies only to the rnn cell")
+        if self.vocab_size < 1 or self.hidden_size < 1 or self.num_layers < 1:
+            raise ValueError("vocab_size, hidden_size and num_layers must be positive")
+        if self.embedding_size < 0:
+            raise ValueError("embedding_size must be >= 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        return _from_dict(cls, d)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained. Times are seconds; 0 disables a limit or a schedule."""
+
+    seq_len: int = 100
+    batch_size: int = 64
+    lr: float = 2e-3
+    lr_decay: float = 1.0
+    lr_decay_every: int = 0
+    plateau_factor: float = 0.5
+    plateau_patience: int = 0
+    grad_clip: float = 5.0
+    val_frac: float = 0.1
+    seed: int = 0
+    epochs: float = 0.0
+    max_steps: int = 0
+    max_time: float = 0.0
+    patience: int = 0
+    eval_every: int = 200
+    eval_chars: int = 0
+    save_every: int = 200
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        return _from_dict(cls, d)
+
+
+def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return cls(**d)

@@ -1,0 +1,67 @@
+"""Element-wise maths and the softmax cross-entropy shared by the model and its users.
+
+Conventions: natural logarithms everywhere (nats); bits = nats / ln 2; perplexity = exp(nats).
+Functions take their dtype from their inputs, so float32 training and float64 gradient checks
+run the same code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+LN2 = math.log(2.0)
+
+
+def sigmoid_(x: np.ndarray) -> np.ndarray:
+    """In-place logistic sigmoid in its overflow-free tanh form: 0.5 * (1 + tanh(x / 2))."""
+    x *= 0.5
+    np.tanh(x, out=x)
+    x *= 0.5
+    x += 0.5
+    return x
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return sigmoid_(np.array(x, copy=True))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax over the last axis. logits (..., V) -> (..., V)."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy and its gradient.
+
+    logits (M, V), targets (M,) integer ids -> (loss, dlogits (M, V)), loss averaged over M.
+    The gradient is written into a fresh array (softmax - onehot) / M.
+    """
+    m = logits.shape[0]
+    probs = logits - logits.max(axis=1, keepdims=True)
+    np.exp(probs, out=probs)
+    sums = probs.sum(axis=1, keepdims=True)
+    probs /= sums
+    rows = np.arange(m)
+    picked = probs[rows, targets]
+    # log of a normalised probability; the tiny floor only guards exp underflow in float32
+    loss = float(-np.log(np.maximum(picked, np.finfo(probs.dtype).tiny)).mean(dtype=np.float64))
+    probs[rows, targets] -= 1.0
+    probs /= m
+    return loss, probs
+
+
+def token_nats(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-position negative log-likelihood in nats. logits (M, V), targets (M,) -> (M,) float64."""
+    logp = log_softmax(logits.astype(np.float64, copy=False))
+    return -logp[np.arange(logits.shape[0]), targets]
+
+
+def bits_per_char(nats: float) -> float:
+    return nats / LN2
+
+
+def perplexity(nats: float) -> float:
+    return math.exp(nats)

@@ -1,0 +1,224 @@
+"""The character language model: an input layer, a stack of recurrent cells, a softmax output.
+
+Parameters (`params` and `grads` are parallel dicts keyed by these names; G = gates * H with
+gates 4 for lstm, 3 for gru, 1 for rnn; V vocabulary, E embedding size, H hidden size):
+
+    embed     (V, E)   only when embedding_size > 0
+    l{k}.Wx   (D, G)   D = V for layer 0 without embedding (one-hot input folded into the rows),
+                       E for layer 0 with one, H above
+    l{k}.Wh   (H, G)
+    l{k}.b    (G,)     for gru: b_ir + b_hr, b_iz + b_hz, b_in (see cells.py)
+    l{k}.peep (3H,)    lstm with peepholes: p_i, p_f, p_o
+    l{k}.bhn  (H,)     gru only
+    Wy        (H, V)
+    by        (V,)
+
+Forward over a window of ids x (N, T):
+    xw_0 = Wx[x] + b   (or embed[x] @ Wx + b)      one gather / product over all N*T positions
+    hs_k = cell(xw_k, state_k)                      the only time loop
+    xw_{k+1} = dropout(hs_k) @ Wx + b
+    logits = dropout(hs_top) @ Wy + by              loss = mean cross-entropy over N*T
+Dropout is inverted (kept units scaled by 1 / (1 - p)) and only active when an rng is passed.
+Internally everything is time-major (T, N, .); the API takes and returns batch-major arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import cells
+from .config import ModelConfig
+from .functional import softmax_cross_entropy, token_nats
+
+_CELL_FNS = {
+    "rnn": (cells.rnn_forward, cells.rnn_backward, cells.rnn_step),
+    "lstm": (cells.lstm_forward, cells.lstm_backward, cells.lstm_step),
+    "gru": (cells.gru_forward, cells.gru_backward, cells.gru_step),
+}
+
+State = tuple  # per layer: (h,) or (h, c), each (N, H)
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, in a fixed order (the checkpoint relies on it)."""
+    V, H, E = cfg.vocab_size, cfg.hidden_size, cfg.embedding_size
+    G = cells.GATES[cfg.cell] * H
+    shapes: dict[str, tuple[int, ...]] = {}
+    if E:
+        shapes["embed"] = (V, E)
+    for k in range(cfg.num_layers):
+        shapes[f"l{k}.Wx"] = ((E or V) if k == 0 else H, G)
+        shapes[f"l{k}.Wh"] = (H, G)
+        shapes[f"l{k}.b"] = (G,)
+        if cfg.peephole:
+            shapes[f"l{k}.peep"] = (3 * H,)
+        if cfg.cell == "gru":
+            shapes[f"l{k}.bhn"] = (H,)
+    shapes["Wy"] = (H, V)
+    shapes["by"] = (V,)
+    return shapes
+
+
+def init_params(cfg: ModelConfig, rng: np.random.Generator, dtype=np.float32) -> dict[str, np.ndarray]:
+    """PyTorch's recurrent initialisation, U(-1/sqrt(H), 1/sqrt(H)), with the LSTM forget-gate
+    bias at 1 so early gradients flow through the cell state; N(0, 1) embeddings; zero output
+    bias so the initial loss is close to ln V."""
+    bound = 1.0 / np.sqrt(cfg.hidden_size)
+    params = {}
+    for name, shape in param_shapes(cfg).items():
+        if name == "embed":
+            w = rng.standard_normal(shape)
+        elif name == "by":
+            w = np.zeros(shape)
+        else:
+            w = rng.uniform(-bound, bound, shape)
+        params[name] = w.astype(dtype)
+    if cfg.cell == "lstm":
+        H = cfg.hidden_size
+        for k in range(cfg.num_layers):
+            params[f"l{k}.b"][H : 2 * H] = 1.0
+    return params
+
+
+def scatter_add_rows(ids: np.ndarray, rows: np.ndarray, num_rows: int) -> np.ndarray:
+    """out[v] = sum of rows[m] where ids[m] == v. ids (M,), rows (M, D) -> (num_rows, D).
+
+    Sorting and summing runs costs O(M * D) whatever num_rows is, where a one-hot product costs
+    O(M * D * num_rows) and np.add.at is unbuffered and slow."""
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))
+    out = np.zeros((num_rows, rows.shape[1]), rows.dtype)
+    out[sorted_ids[starts]] = np.add.reduceat(rows[order], starts, axis=0)
+    return out
+
+
+class CharRNN:
+    """A model is its config plus its params dict; methods are pure apart from reading them."""
+
+    def __init__(self, config: ModelConfig, params: dict[str, np.ndarray]):
+        self.config = config
+        self.params = params
+        self._forward, self._backward, self._step = _CELL_FNS[config.cell]
+
+    @classmethod
+    def create(cls, config: ModelConfig, seed: int = 0, dtype=np.float32) -> "CharRNN":
+        return cls(config, init_params(config, np.random.default_rng(seed), dtype))
+
+    @property
+    def dtype(self):
+        return self.params["Wy"].dtype
+
+    def num_params(self) -> int:
+        return sum(p.size for p in self.params.values())
+
+    def initial_state(self, batch: int) -> tuple[State, ...]:
+        """Zero state for every layer: a tuple of (h,) or (h, c), each (batch, H)."""
+        n = 2 if self.config.cell == "lstm" else 1
+        H = self.config.hidden_size
+        return tuple(tuple(np.zeros((batch, H), self.dtype) for _ in range(n)) for _ in range(self.config.num_layers))
+
+    def _recurrent(self, k: int) -> dict:
+        cfg, p = self.config, self.params
+        if cfg.cell == "lstm":
+            return {"Wh": p[f"l{k}.Wh"], "peep": p.get(f"l{k}.peep")}
+        if cfg.cell == "gru":
+            return {"Wh": p[f"l{k}.Wh"], "bhn": p[f"l{k}.bhn"]}
+        return {"Wh": p[f"l{k}.Wh"], "relu": cfg.nonlinearity == "relu"}
+
+    def _dropout_mask(self, shape, rng):
+        p = self.config.dropout
+        if rng is None or p == 0.0:
+            return None
+        keep = rng.random(shape, dtype=np.float64) >= p
+        return keep.astype(self.dtype) / self.dtype.type(1.0 - p)
+
+    def _input_projection(self, ids_t: np.ndarray) -> np.ndarray:
+        """ids_t (T, N) or (N,) -> layer 0's xw (T, N, G) or (N, G)."""
+        p = self.params
+        if "embed" in p:
+            return p["embed"][ids_t] @ p["l0.Wx"] + p["l0.b"]
+        xw = p["l0.Wx"][ids_t]
+        xw += p["l0.b"]
+        return xw
+
+    def _run(self, x: np.ndarray, state, rng):
+        """Forward over ids x (N, T) -> top-layer input to the output (T*N, H), new state, caches."""
+        p, cfg = self.params, self.config
+        if state is None:
+            state = self.initial_state(x.shape[0])
+        ids_t = np.ascontiguousarray(x.T)  # (T, N)
+        T, N = ids_t.shape
+        xw = self._input_projection(ids_t)  # (T, N, G)
+        layers, new_state = [], []
+        for k in range(cfg.num_layers):
+            hs, s, cache = self._forward(xw, state[k], **self._recurrent(k))
+            new_state.append(s)
+            mask = self._dropout_mask(hs.shape, rng)
+            out = hs if mask is None else hs * mask  # (T, N, H)
+            layers.append((cache, mask, out))
+            if k + 1 < cfg.num_layers:
+                xw = (out.reshape(T * N, -1) @ p[f"l{k + 1}.Wx"]).reshape(T, N, -1)  # (T, N, G)
+                xw += p[f"l{k + 1}.b"]
+        top = layers[-1][2].reshape(T * N, -1)  # (T*N, H)
+        return top, tuple(new_state), (ids_t, layers)
+
+    def loss_and_grads(self, x, y, state=None, rng=None):
+        """Mean cross-entropy of predicting y from x, and its gradient for every parameter.
+
+        x, y (N, T) int ids; state from the previous window or None; rng draws dropout masks
+        (None: no dropout). -> (loss, grads dict parallel to params, final state)."""
+        p, cfg = self.params, self.config
+        top, new_state, (ids_t, layers) = self._run(x, state, rng)
+        T, N = ids_t.shape
+        logits = top @ p["Wy"] + p["by"]  # (T*N, V)
+        loss, dlogits = softmax_cross_entropy(logits, np.ascontiguousarray(y.T).ravel())
+        grads = {"Wy": top.T @ dlogits, "by": dlogits.sum(axis=0)}
+        dx = (dlogits @ p["Wy"].T).reshape(T, N, -1)  # (T, N, H)
+        for k in range(cfg.num_layers - 1, -1, -1):
+            cache, mask, _ = layers[k]
+            if mask is not None:
+                dx *= mask
+            dxw, _, rec_grads = self._backward(dx, None, cache)
+            for name, g in rec_grads.items():
+                grads[f"l{k}.{name}"] = g
+            dxw_flat = dxw.reshape(T * N, -1)  # (T*N, G)
+            grads[f"l{k}.b"] = dxw_flat.sum(axis=0)
+            if k > 0:
+                grads[f"l{k}.Wx"] = layers[k - 1][2].reshape(T * N, -1).T @ dxw_flat
+                dx = (dxw_flat @ p[f"l{k}.Wx"].T).reshape(T, N, -1)
+        ids = ids_t.ravel()
+        if "embed" in p:
+            grads["l0.Wx"] = p["embed"][ids].T @ dxw_flat
+            grads["embed"] = scatter_add_rows(ids, dxw_flat @ p["l0.Wx"].T, cfg.vocab_size)
+        else:
+            grads["l0.Wx"] = scatter_add_rows(ids, dxw_flat, cfg.vocab_size)
+        return loss, grads, new_state
+
+    def forward(self, x, state=None):
+        """Logits for every position, no dropout. x (N, T) -> logits (N, T, V), final state."""
+        top, new_state, (ids_t, _) = self._run(x, state, None)
+        T, N = ids_t.shape
+        logits = (top @ self.params["Wy"] + self.params["by"]).reshape(T, N, -1)  # (T, N, V)
+        return logits.transpose(1, 0, 2), new_state
+
+    def nll(self, x, y, state=None):
+        """Negative log-likelihood in nats of each target. x, y (N, T) -> (N, T) float64, state."""
+        logits, new_state = self.forward(x, state)
+        V = logits.shape[-1]
+        return token_nats(logits.reshape(-1, V), y.ravel()).reshape(y.shape), new_state
+
+    def step(self, ids, state=None):
+        """One character per stream, as in sampling. ids (N,) -> logits (N, V), state."""
+        p = self.params
+        if state is None:
+            state = self.initial_state(len(ids))
+        xw = self._input_projection(np.asarray(ids))  # (N, G)
+        new_state = []
+        for k in range(self.config.num_layers):
+            if k > 0:
+                xw = h @ p[f"l{k}.Wx"]
+                xw += p[f"l{k}.b"]
+            h, s = self._step(xw, state[k], **self._recurrent(k))
+            new_state.append(s)
+        return h @ p["Wy"] + p["by"], tuple(new_state)
