@@ -1,0 +1,308 @@
+"""The corpus as one array of character ids, its train/validation split, and the windows that
+truncated backpropagation through time reads from it.
+
+Loading streams each file twice through `iter_text`, so a corpus is never held as one Python
+string: the first pass learns the vocabulary (or checks the text against a given one) and the
+number of characters, the second encodes chunk by chunk into an array of exactly that size.
+Above MEMMAP_THRESHOLD characters that array is a read-only memory map of a scratch file, so
+memory stays bounded whatever the corpus size.
+
+The window layout is char-rnn's and torch-rnn's: the ids are cut into batch_size contiguous
+streams, and window j holds the j-th seq_len slice of every stream, so window j + 1 continues
+window j row by row and the hidden state can be carried between them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import CharRNNError
+from .text import DEFAULT_CHUNK_BYTES, DEFAULT_POLICY, TextPolicy, iter_text
+from .vocab import MAX_CODEPOINT, UNKNOWN_POLICIES, UnknownTally, Vocab, to_codepoints
+
+MEMMAP_THRESHOLD = 64 * 2**20  # characters; larger corpora are encoded into a memory-mapped file
+_FINGERPRINT_TAG = b"charrnn corpus v1\0"
+_LF = 10
+_SURROGATES = slice(0xD800, 0xE000)
+
+
+@dataclass
+class Corpus:
+    """The encoded concatenation of the corpus files, with what is needed to reproduce it:
+    the vocabulary, the text policy, the file names, and a fingerprint of ids and vocabulary
+    that lets a resumed run detect a changed corpus."""
+
+    ids: np.ndarray  # uint16 for vocabularies up to 65536 characters, else int32; maybe a np.memmap
+    vocab: Vocab
+    policy: TextPolicy
+    names: list[str]
+    fingerprint: str  # sha256 hex
+    skipped: int = 0  # characters left out under unknown="skip"
+
+    @property
+    def num_chars(self) -> int:
+        return len(self.ids)
+
+
+def load_corpus(
+    paths: Sequence,
+    policy: TextPolicy = DEFAULT_POLICY,
+    vocab: Vocab | None = None,
+    unknown: str = "error",
+    cache_dir: str | os.PathLike | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> Corpus:
+    """Read and encode the files in order as one text.
+
+    Without a vocabulary it is built from the text; with one, characters outside it raise
+    CharRNNError (unknown="error", naming file, character, code point and first position) or
+    are left out (unknown="skip"). A corpus of no characters at all raises CharRNNError.
+    cache_dir: where a large corpus's scratch file goes (default: a temporary directory); the
+    file is removed as soon as it is mapped, or, where the system forbids that, with the map."""
+    if unknown not in UNKNOWN_POLICIES:
+        raise ValueError(f"unknown must be one of {UNKNOWN_POLICIES}, not {unknown!r}")
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    names = [str(p) for p in paths]
+    if not names:
+        raise CharRNNError("no corpus files given")
+    vocab, total, read, skipped = _survey(names, policy, vocab, unknown, chunk_bytes)
+    if total == 0:
+        listed = ", ".join(names)
+        if read:
+            raise CharRNNError(f"none of the {read:,} characters of {listed} is in the model's vocabulary")
+        raise CharRNNError(f"no text in {listed}: {'it is' if len(names) == 1 else 'they are all'} empty")
+    dtype = np.dtype(vocab.id_dtype())
+    fingerprint = hashlib.sha256(_FINGERPRINT_TAG + vocab.codepoints.astype("<i4").tobytes())
+    chunks = _encoded_chunks(names, policy, vocab, (total, skipped), chunk_bytes, dtype, fingerprint)
+    if total > MEMMAP_THRESHOLD:
+        ids = _memmap_from(chunks, total, dtype, cache_dir)
+    else:
+        ids = np.empty(total, dtype=dtype)
+        pos = 0
+        for chunk in chunks:
+            ids[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+    return Corpus(ids, vocab, policy, names, fingerprint.hexdigest(), skipped)
+
+
+def _survey(
+    names: list[str], policy: TextPolicy, vocab: Vocab | None, unknown: str, chunk_bytes: int
+) -> tuple[Vocab, int, int, int]:
+    """Pass 1: (the vocabulary, characters to encode, characters read, characters skipped)."""
+    present = np.zeros(MAX_CODEPOINT + 1, dtype=bool) if vocab is None else None
+    read = skipped = 0
+    for name in names:
+        tally = UnknownTally()
+        file_chars = lines = 0
+        for text in iter_text(name, policy, chunk_bytes):
+            cps = to_codepoints(text)
+            if present is not None:
+                present[cps] = True
+            else:
+                tally.add(cps, vocab.lookup(cps), file_chars, lines + 1)
+                lines += int(np.count_nonzero(cps == _LF))
+            file_chars += len(cps)
+        if tally.count and unknown == "error":
+            raise CharRNNError(tally.describe(where=name, lines=True))
+        read += file_chars
+        skipped += tally.count
+    if present is not None and read:
+        if present[_SURROGATES].any():  # only exotic codecs (utf-7) decode to lone surrogates
+            raise CharRNNError(
+                f"{', '.join(names)} decoded under {policy.encoding} to lone surrogates, "
+                "which are not characters"
+            )
+        vocab = Vocab(np.flatnonzero(present))
+    return vocab, read - skipped, read, skipped
+
+
+def _encoded_chunks(
+    names: list[str],
+    policy: TextPolicy,
+    vocab: Vocab,
+    expected: tuple[int, int],
+    chunk_bytes: int,
+    dtype: np.dtype,
+    fingerprint,
+) -> Iterator[np.ndarray]:
+    """Pass 2: the ids chunk by chunk, fed to the fingerprint as they go (little-endian, so
+    the fingerprint is the same on every machine). expected: (characters kept, skipped) as
+    pass 1 counted them; any difference means a file changed in between."""
+    kept = dropped = 0
+    for name in names:
+        for text in iter_text(name, policy, chunk_bytes):
+            ids = vocab.lookup(to_codepoints(text))
+            known = ids >= 0
+            ids = ids[known].astype(dtype)
+            kept += len(ids)
+            dropped += len(known) - len(ids)
+            if kept > expected[0]:  # stop before the preallocated array overflows
+                raise CharRNNError(f"{name} changed while it was being read")
+            fingerprint.update(ids.astype(dtype.newbyteorder("<"), copy=False).tobytes())
+            yield ids
+    if (kept, dropped) != expected:
+        raise CharRNNError(f"{', '.join(names)} changed while being read")
+
+
+def _memmap_from(
+    chunks: Iterator[np.ndarray], total: int, dtype: np.dtype, cache_dir: str | os.PathLike | None
+) -> np.memmap:
+    """Write the chunks to a scratch file with ordinary writes (a full disk is then an OSError,
+    where writing through a map of a sparse file would be a SIGBUS) and map it read-only."""
+    own_dir = cache_dir is None
+    directory = None
+    try:
+        directory = tempfile.mkdtemp(prefix="charrnn-") if own_dir else os.fspath(cache_dir)
+        os.makedirs(directory, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="corpus-", suffix=".ids", dir=directory)
+    except OSError as e:
+        if own_dir and directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+        where = directory or "the temporary directory"
+        raise CharRNNError(f"cannot create the corpus scratch file in {where}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk.tobytes())
+        ids = np.memmap(name, dtype=dtype, mode="r", shape=(total,))
+    except BaseException as e:
+        _remove_scratch(name, directory if own_dir else None)
+        if isinstance(e, OSError):
+            raise CharRNNError(f"cannot write the corpus scratch file {name}: {e.strerror or e}") from None
+        raise
+    try:
+        # the map keeps the data reachable; removing the name now leaves nothing behind even
+        # if the process is killed
+        _remove_scratch(name, directory if own_dir else None, strict=True)
+    except OSError:  # Windows: a mapped file cannot be removed, so remove it with the map
+        weakref.finalize(ids, _remove_scratch, name, directory if own_dir else None)
+    return ids
+
+
+def _remove_scratch(name: str, directory: str | None, strict: bool = False) -> None:
+    try:
+        os.unlink(name)
+        if directory is not None:
+            shutil.rmtree(directory)
+    except OSError:
+        if strict:
+            raise
+
+
+def split_train_val(ids: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) views of ids: the last val_frac of the characters is validation (a
+    contiguous tail, as in nanoGPT), so validation text is text the model never trained on.
+    val_frac 0 gives an empty validation set."""
+    if not 0 <= val_frac < 1:
+        raise ValueError(f"val_frac must lie in [0, 1), not {val_frac}")
+    n = len(ids)
+    n_val = int(n * val_frac)
+    if val_frac > 0 and n_val < 2:
+        raise CharRNNError(
+            f"the validation split is too small: {val_frac:g} of {n:,} characters is {n_val}, and at least "
+            "2 are needed; give more text, a larger --val-frac, or --val-frac 0 to train without validation"
+        )
+    if n - n_val < 2:
+        raise CharRNNError(
+            f"the training split is too small: {n - n_val:,} character(s) ({n:,} in all, {n_val:,} kept "
+            "for validation), and at least 2 are needed; give more text or a smaller --val-frac"
+        )
+    return ids[: n - n_val], ids[n - n_val :]
+
+
+class Batches:
+    """Training windows for truncated BPTT with carried state.
+
+    The ids are cut into N = batch_size contiguous streams of L = (len(ids) - 1) // N
+    characters (the last few characters that do not fill a stream are unused); window j holds
+    columns [k T, (k + 1) T) of every stream for k = j mod windows_per_epoch, its targets the
+    same positions shifted by one character. Consecutive j therefore continue every stream,
+    and the epoch wraps after windows_per_epoch = L // T windows."""
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size and seq_len must be positive ({batch_size}, {seq_len} given)")
+        n = len(ids)
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.stream_len = (n - 1) // batch_size if n else 0
+        self.windows_per_epoch = self.stream_len // seq_len
+        if self.windows_per_epoch == 0:
+            raise CharRNNError(_too_short(n, batch_size, seq_len))
+        used = batch_size * self.stream_len
+        # views, not copies: ids may be a memory map larger than memory
+        self._x = ids[:used].reshape(batch_size, self.stream_len)
+        self._y = ids[1 : used + 1].reshape(batch_size, self.stream_len)
+
+    def window(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y), each int64 (batch_size, seq_len), of window j mod windows_per_epoch."""
+        start = (j % self.windows_per_epoch) * self.seq_len
+        cols = slice(start, start + self.seq_len)
+        return self._x[:, cols].astype(np.int64), self._y[:, cols].astype(np.int64)
+
+
+def _too_short(n: int, batch_size: int, seq_len: int) -> str:
+    """The message for training text too short for one window, with settings that would fit."""
+    targets = n - 1  # every window position needs the next character as its target
+    message = (
+        f"the training text is too short: it has {n:,} characters, but --batch-size {batch_size} x "
+        f"--seq-len {seq_len} needs at least {batch_size * seq_len + 1:,}"
+    )
+    if targets < 1:
+        return message + "; give at least 2 characters of training text"
+    options = []
+    if targets // seq_len >= 1:
+        options.append(f"--batch-size {targets // seq_len} --seq-len {seq_len}")
+    if targets // batch_size >= 1:
+        options.append(f"--batch-size {batch_size} --seq-len {targets // batch_size}")
+    if not options:
+        options.append(f"--batch-size 1 --seq-len {targets}")
+    return message + "; try " + " or ".join(options) + " (or give more text)"
+
+
+def fit_batch_size(num_chars: int, seq_len: int, max_batch: int) -> int:
+    """The largest batch size <= max_batch (>= 1) whose streams of num_chars characters hold at
+    least one window of seq_len; CharRNNError if not even one stream does."""
+    fit = min(max_batch, (num_chars - 1) // seq_len)
+    if fit < 1:
+        raise CharRNNError(
+            f"{num_chars:,} characters are too few for one window of --seq-len {seq_len} (needs "
+            f"{seq_len + 1:,}); use a --seq-len of at most {max(num_chars - 1, 1)} or give more text"
+        )
+    return fit
+
+
+def eval_windows(ids: np.ndarray, seq_len: int, max_streams: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(x, y) windows, int64 (S, T<=seq_len), that together predict every character of ids
+    from the one before, exactly once, for validation loss with the state carried.
+
+    S = as many streams as hold a full window, up to max_streams; each is contiguous and read
+    front to back, so the state carries across its windows. The (len - 1) mod S characters
+    left over at the end follow as a final single stream (a change of S: the caller starts it
+    from a zero state)."""
+    if seq_len < 1 or max_streams < 1:
+        raise ValueError(f"seq_len and max_streams must be positive ({seq_len}, {max_streams} given)")
+    n = len(ids)
+    if n < 2:
+        return
+    streams = max(1, min(max_streams, (n - 1) // seq_len))
+    length = (n - 1) // streams
+    used = streams * length
+    yield from _windows(
+        ids[:used].reshape(streams, length), ids[1 : used + 1].reshape(streams, length), seq_len
+    )
+    if used < n - 1:
+        yield from _windows(ids[used : n - 1][None], ids[used + 1 : n][None], seq_len)
+
+
+def _windows(x: np.ndarray, y: np.ndarray, seq_len: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for start in range(0, x.shape[1], seq_len):
+        cols = slice(start, start + seq_len)
+        yield x[:, cols].astype(np.int64), y[:, cols].astype(np.int64)
