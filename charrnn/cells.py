@@ -33,9 +33,11 @@ States are tuples: (h,) for RNN and GRU, (h, c) for LSTM.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from .functional import sigmoid_
+from .functional import sigmoid_, sigmoid_neg_
 
 LSTM_GATES = ("i", "f", "o", "g")
 GRU_GATES = ("r", "z", "n")
@@ -95,20 +97,41 @@ def rnn_step(xw, state, Wh, relu=False):
 # ---------------------------------------------------------------- LSTM
 
 
-def _lstm_activate(a, c_prev, peep, c_out, tanh_c_out, h_out):
-    """Turn pre-activations a (N, 4H) into i, f, o, g in place and write c_t, tanh(c_t), h_t."""
+@functools.cache
+def _lstm_exp_scale(H: int, dtype: np.dtype) -> np.ndarray:
+    """(4H,) row: -1 over i, f, o and -2 over g. Scaling the pre-activations by it lets one
+    exp over the whole contiguous (N, 4H) block serve every gate: sigmoid(a) = 1 / (1 + exp(-a))
+    and tanh(a) = 2 sigmoid(2a) - 1. Scaling by a power of two is exact."""
+    scale = np.full(4 * H, -1.0, dtype)
+    scale[3 * H :] = -2.0
+    scale.flags.writeable = False
+    return scale
+
+
+def _lstm_activate(a, c_prev, peep, c_out, tanh_c_out, h_out, tmp):
+    """Turn pre-activations a (N, 4H) into i, f, o, g in place and write c_t, tanh(c_t), h_t;
+    tmp (N, H) is scratch."""
     H = c_prev.shape[1]
-    if peep is not None:
-        a[:, :H] += peep[:H] * c_prev
-        a[:, H : 2 * H] += peep[H : 2 * H] * c_prev
-    sigmoid_(a[:, : 2 * H])
-    np.tanh(a[:, 3 * H :], out=a[:, 3 * H :])
     i, f, o, g = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
+    a *= _lstm_exp_scale(H, a.dtype)
+    if peep is None:
+        sigmoid_neg_(a)
+    else:  # the o gate sees c_t, so it waits; the scaled peephole terms enter with a minus
+        np.multiply(peep[:H], c_prev, out=tmp)
+        i -= tmp
+        np.multiply(peep[H : 2 * H], c_prev, out=tmp)
+        f -= tmp
+        sigmoid_neg_(a[:, : 2 * H])
+        sigmoid_neg_(g)
+    g *= 2.0  # g held sigmoid(2 a_g)
+    g -= 1.0
     np.multiply(f, c_prev, out=c_out)
-    c_out += i * g
+    np.multiply(i, g, out=tmp)
+    c_out += tmp
     if peep is not None:
-        o += peep[2 * H :] * c_out
-    sigmoid_(o)
+        np.multiply(peep[2 * H :], c_out, out=tmp)
+        o -= tmp
+        sigmoid_neg_(o)
     np.tanh(c_out, out=tanh_c_out)
     np.multiply(o, tanh_c_out, out=h_out)
 
@@ -122,60 +145,66 @@ def lstm_forward(xw, state, Wh, peep=None):
     hbuf = np.empty((T + 1, N, H), dtype=xw.dtype)
     cbuf = np.empty((T + 1, N, H), dtype=xw.dtype)
     tanh_c = np.empty((T, N, H), dtype=xw.dtype)
+    tmp = np.empty((N, H), dtype=xw.dtype)
     hbuf[0], cbuf[0] = state
     for t in range(T):
         np.matmul(hbuf[t], Wh, out=gates[t])
         gates[t] += xw[t]
-        _lstm_activate(gates[t], cbuf[t], peep, cbuf[t + 1], tanh_c[t], hbuf[t + 1])
+        _lstm_activate(gates[t], cbuf[t], peep, cbuf[t + 1], tanh_c[t], hbuf[t + 1], tmp)
     cache = (gates, hbuf, cbuf, tanh_c, Wh, peep)
     return hbuf[1:], (hbuf[T].copy(), cbuf[T].copy()), cache
 
 
 def lstm_backward(dhs, dstate, cache):
     """dhs (T, N, H), dstate (dhT, dcT) or None -> dxw (T, N, 4H), (dh0, dc0),
-    {"Wh": (H, 4H)} plus {"peep": (3H,)} for a peephole cell."""
+    {"Wh": (H, 4H)} plus {"peep": (3H,)} for a peephole cell.
+
+    Each step first collects the gradient of every gate's value into dv (N, 4H), then turns the
+    whole contiguous block into pre-activation gradients with two passes: strided per-gate
+    slices cost two to four times as much per element in NumPy."""
     gates, hbuf, cbuf, tanh_c, Wh, peep = cache
     T, N, H = dhs.shape
     if dstate is None:
         dh, dc = np.zeros((N, H), dhs.dtype), np.zeros((N, H), dhs.dtype)
     else:
         dh, dc = dstate[0].copy(), dstate[1].copy()
+    WhT = np.ascontiguousarray(Wh.T)  # a contiguous B is ~5% faster for the small products
     tmp = np.empty((N, H), dhs.dtype)
+    dv, deriv = np.empty((N, 4 * H), dhs.dtype), np.empty((N, 4 * H), dhs.dtype)
+    dv_i, dv_f, dv_o, dv_g = dv[:, :H], dv[:, H : 2 * H], dv[:, 2 * H : 3 * H], dv[:, 3 * H :]
     for t in range(T - 1, -1, -1):
         dh += dhs[t]
         a = gates[t]
         i, f, o, g = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
         tc, c_prev = tanh_c[t], cbuf[t]
-        # Each gate's slot is overwritten by its pre-activation gradient once nothing else
-        # reads it; the order below is what makes that safe.
+        np.multiply(dh, tc, out=dv_o)  # h = o * tanh(c)
         np.multiply(tc, tc, out=tmp)  # dc += dh * o * (1 - tanh(c)^2)
-        np.subtract(1, tmp, out=tmp)
+        np.subtract(1.0, tmp, out=tmp)
         tmp *= o
         tmp *= dh
         dc += tmp
-        np.multiply(dh, tc, out=tmp)  # da_o = dh * tanh(c) * o * (1 - o)
-        tmp *= o
-        np.subtract(1, o, out=o)
-        o *= tmp
+        if peep is not None:  # o's pre-activation saw c_t: its gradient reaches dc now
+            np.subtract(1.0, o, out=tmp)
+            tmp *= o
+            tmp *= dv_o
+            tmp *= peep[2 * H :]
+            dc += tmp
+        np.multiply(dc, g, out=dv_i)  # c = f * c_prev + i * g
+        np.multiply(dc, i, out=dv_g)
+        np.multiply(dc, c_prev, out=dv_f)
+        dc *= f
+        # activation derivatives over the whole block: (1 - a) * a for the sigmoid gates and
+        # (1 - g) * (1 + g) = 1 - g^2 for g, after g's slot gets its + 1
+        np.subtract(1.0, a, out=deriv)
+        g += 1.0
+        a *= deriv
+        a *= dv
         if peep is not None:
-            dc += o * peep[2 * H :]
-        np.multiply(dc, g, out=tmp)  # di = dc * g, kept while g's slot turns into da_g
-        g *= g  # da_g = dc * i * (1 - g^2)
-        np.subtract(1, g, out=g)
-        g *= i
-        g *= dc
-        tmp *= i  # da_i = di * i * (1 - i)
-        np.subtract(1, i, out=i)
-        i *= tmp
-        np.multiply(dc, c_prev, out=tmp)  # da_f = dc * c_{t-1} * f * (1 - f)
-        tmp *= f
-        dc *= f  # dc_{t-1} = dc * f (+ peephole terms)
-        np.subtract(1, f, out=f)
-        f *= tmp
-        if peep is not None:
-            dc += i * peep[:H]
-            dc += f * peep[H : 2 * H]
-        np.matmul(a, Wh.T, out=dh)
+            np.multiply(i, peep[:H], out=tmp)
+            dc += tmp
+            np.multiply(f, peep[H : 2 * H], out=tmp)
+            dc += tmp
+        np.matmul(a, WhT, out=dh)
     dxw = gates
     flat = dxw.reshape(T * N, 4 * H)
     grads = {"Wh": hbuf[:-1].reshape(T * N, H).T @ flat}
@@ -196,7 +225,7 @@ def lstm_step(xw, state, Wh, peep=None):
     a = h @ Wh
     a += xw
     c_new, tanh_c, h_new = np.empty_like(c), np.empty_like(c), np.empty_like(h)
-    _lstm_activate(a, c, peep, c_new, tanh_c, h_new)
+    _lstm_activate(a, c, peep, c_new, tanh_c, h_new, np.empty_like(c))
     return h_new, (h_new, c_new)
 
 
