@@ -57,9 +57,10 @@ class Adam:
 
 def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
     """Scale all gradients in place so their global L2 norm is at most max_norm (0: no clipping).
-    Returns the norm before clipping (inf or nan when a gradient is not finite)."""
+    Returns the norm before clipping (inf or nan when a gradient is not finite); non-finite
+    gradients are left untouched for the caller to reject, since scaling them by 0 makes nan."""
     norm = math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads.values()))
-    if max_norm > 0 and norm > max_norm:
+    if max_norm > 0 and math.isfinite(norm) and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
         for g in grads.values():
             g *= scale
