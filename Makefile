@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CORPUS ?= corpora/python-stdlib.txt
+DEMO_TIME ?= 3m30s
+TINY_URL := https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
 BENCH_ARGS ?=
 TORCH_VERSION := 2.13.0
 
@@ -34,6 +36,23 @@ lint: install  ## ruff check and format check
 
 bench: install  ## speed table vs PyTorch CPU: make bench CORPUS=path/to/text.txt
 	$(PY) benchmarks/bench.py --corpus $(CORPUS) $(BENCH_ARGS)
+
+corpora/python-stdlib.txt corpora/python-heldout.txt: corpora/build_stdlib.py
+	$(PYTHON) corpora/build_stdlib.py corpora/python-stdlib.txt corpora/python-heldout.txt
+
+corpora/tinyshakespeare.txt:  ## download the standard 1.1 MB benchmark corpus
+	@$(PYTHON) -c "import sys, urllib.request; \
+	  data = urllib.request.urlopen('$(TINY_URL)', timeout=30).read(); open('$@', 'wb').write(data)" \
+	  || { echo "Could not download $(TINY_URL) (offline?). Copy input.txt from karpathy/char-rnn to $@ instead."; exit 1; }
+
+demo: install corpora/python-stdlib.txt  ## train on Python's own source for a few minutes, then sample and score (about 5 minutes)
+	$(VENV)/bin/charrnn train corpora/python-stdlib.txt -o checkpoints/demo --max-time $(DEMO_TIME) \
+	  --hidden-size 256 --layers 2 --eval-every 100 --save-every 100
+	@echo; echo "=== charrnn sample -c checkpoints/demo -n 700 -t 0.7 --seed 1"
+	$(VENV)/bin/charrnn sample -c checkpoints/demo -n 700 -t 0.7 --seed 1 --prime "def "
+	@echo; echo "=== charrnn score: held-out Python (never trained on) vs this README (English prose)"
+	$(VENV)/bin/charrnn score -c checkpoints/demo corpora/python-heldout.txt README.md --unknown skip
+	@echo; echo "Checkpoints are in checkpoints/demo/ (best.npz, last.npz, metrics.jsonl)."
 
 stress: install  ## long fault-injection storms (kill -9, SIGINT, SIGTERM, disk full, fuzz)
 	$(PY) -m pytest -q -m stress tests

@@ -1,9 +1,9 @@
 """charrnn: character-level RNN / LSTM / GRU language models in NumPy.
 
-    from charrnn import CharRNN, ModelConfig
-    model = CharRNN.create(ModelConfig(vocab_size=65, cell="lstm", hidden_size=256, num_layers=2))
-    loss, grads, state = model.loss_and_grads(x, y, state)      # x, y: (N, T) int ids
-    logits, state = model.step(ids, state)                       # one character per stream
+from charrnn import CharRNN, ModelConfig
+model = CharRNN.create(ModelConfig(vocab_size=65, cell="lstm", hidden_size=256, num_layers=2))
+loss, grads, state = model.loss_and_grads(x, y, state)      # x, y: (N, T) int ids
+logits, state = model.step(ids, state)                       # one character per stream
 """
 
 from .config import ModelConfig, TrainConfig

@@ -30,6 +30,7 @@ import re
 import secrets
 import stat
 import sys
+import time
 import zipfile
 import zlib
 from collections import Counter
@@ -225,6 +226,14 @@ def _check_vocab(cps: np.ndarray) -> None:
 # ---------------------------------------------------------------------- saving
 
 
+def _test_save_delay() -> None:
+    """Fault-injection tests widen the window between writing and renaming so that their kills
+    and signals land inside a save; unset, it costs one dictionary lookup."""
+    delay = os.environ.get("CHARRNN_TEST_SAVE_DELAY")
+    if delay:
+        time.sleep(float(delay))
+
+
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
     """Write ckpt to path atomically: a complete new file or, on any failure, the old one."""
     path = Path(path)
@@ -239,6 +248,7 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
             _write_npz(f, arrays)
             f.flush()
             os.fsync(f.fileno())
+        _test_save_delay()
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):

@@ -1,8 +1,366 @@
-"""Command-line interface (placeholder until the commands land)."""
+"""`charrnn train | sample | score | perplexity | info`.
+
+Commands are thin: they turn options into library calls. Data goes to stdout, progress and
+logs to stderr. Exit status: 0 success, 1 data or runtime error (one `Error:` line), 2 usage
+error, 130 / 143 when SIGINT / SIGTERM stopped training after it saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
 
 import click
+from click.core import ParameterSource
+
+from .checkpoint import latest_checkpoint, load_checkpoint
+from .clitypes import Duration, FiniteFloat
+from .config import CELLS, NONLINEARITIES
+from .errors import CharRNNError
+from .sampling import SampleOptions, generate
+from .scoring import render_surprisal, score_file, score_lines, surprisal, surprisal_legend
+from .text import TextPolicy, read_text
+from .train import prepare_run, summary_line
+from .vocab import UNKNOWN_POLICIES
+
+EXISTING_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
+UNKNOWN = click.option(
+    "--unknown", type=click.Choice(UNKNOWN_POLICIES), default="error", show_default=True,
+    help="What to do with characters the model never saw: stop with a list of them, or leave them out.",
+)  # fmt: skip
+CHECKPOINT = click.option(
+    "-c", "--checkpoint", type=click.Path(exists=True, path_type=Path),
+    help="A .npz checkpoint or a run directory (its best.npz). "
+    "Default: the newest best.npz under checkpoints/.",
+)  # fmt: skip
 
 
-@click.group()
+class CharRNNGroup(click.Group):
+    """Turns anticipated failures into one `Error:` line and the documented exit status."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CharRNNError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(1)
+        except MemoryError:
+            click.echo(
+                "Error: out of memory (try a smaller --batch-size, --hidden-size or --streams)", err=True
+            )
+            ctx.exit(1)
+        except BrokenPipeError:
+            # the reader (e.g. `head`) has gone: stop quietly, and keep Python's exit-time flush quiet too
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(0)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+        except OSError as e:
+            click.echo(f"Error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=CharRNNGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="charrnn")
 def main() -> None:
-    """Character-level RNN language models: train, sample, score."""
+    """Character-level RNN / LSTM / GRU language models: train, sample, score."""
+
+
+def resolve_checkpoint(path: Path | None) -> Path:
+    if path is None:
+        path = latest_checkpoint(Path("checkpoints"))
+        if path is None:
+            raise CharRNNError(
+                "no checkpoint under checkpoints/: train one with `charrnn train FILE` or pass -c"
+            )
+        click.echo(f"using {path}", err=True)
+    return path / "best.npz" if path.is_dir() else path
+
+
+def given(ctx: click.Context, names) -> dict:
+    """The options among `names` that the user typed (the rest keep a checkpoint's values)."""
+    return {n: ctx.params[n] for n in names if ctx.get_parameter_source(n) != ParameterSource.DEFAULT}
+
+
+MODEL_OPTIONS = ("cell", "hidden_size", "num_layers", "dropout", "embedding_size", "peephole", "nonlinearity")
+TRAIN_OPTIONS = (
+    "seq_len", "batch_size", "lr", "lr_decay", "lr_decay_every", "plateau_factor", "plateau_patience",
+    "grad_clip", "val_frac", "seed", "epochs", "max_steps", "max_time", "patience", "eval_every",
+    "eval_chars", "save_every",
+)  # fmt: skip
+
+
+@main.command()
+@click.argument("corpus", nargs=-1, required=True, type=EXISTING_FILE)
+@click.option("--model", "cell", type=click.Choice(CELLS), default="lstm", show_default=True)
+@click.option("--hidden-size", type=click.IntRange(1, 8192), default=256, show_default=True)
+@click.option("--layers", "num_layers", type=click.IntRange(1, 16), default=2, show_default=True)
+@click.option("--dropout", type=FiniteFloat(0, 1, hi_open=True), default=0.0, show_default=True)
+@click.option(
+    "--embedding-size",
+    type=click.IntRange(0, 8192),
+    default=0,
+    show_default=True,
+    help="0 feeds one-hot characters straight into layer 0; use e.g. 64 for vocabularies of thousands.",
+)
+@click.option("--peephole/--no-peephole", default=False, help="LSTM peephole connections.")
+@click.option(
+    "--nonlinearity",
+    type=click.Choice(NONLINEARITIES),
+    default="tanh",
+    show_default=True,
+    help="Activation of the vanilla rnn cell.",
+)
+@click.option("--seq-len", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 65_536), default=64, show_default=True)
+@click.option(
+    "--val-frac",
+    type=FiniteFloat(0, 0.5),
+    default=0.1,
+    show_default=True,
+    help="Fraction at the end of the text kept for validation.",
+)
+@click.option("--lr", type=FiniteFloat(0, 1, lo_open=True), default=2e-3, show_default=True)
+@click.option(
+    "--lr-decay",
+    type=FiniteFloat(0, 1, lo_open=True),
+    default=1.0,
+    show_default=True,
+    help="Multiply the learning rate by this every --lr-decay-every steps.",
+)
+@click.option("--lr-decay-every", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--plateau-patience",
+    type=click.IntRange(0),
+    default=2,
+    show_default=True,
+    help="Scale the learning rate by --plateau-factor after this many evaluations without a new "
+    "best (0: off).",
+)
+@click.option(
+    "--plateau-factor", type=FiniteFloat(0, 1, lo_open=True, hi_open=True), default=0.5, show_default=True
+)
+@click.option(
+    "--grad-clip",
+    type=FiniteFloat(0),
+    default=5.0,
+    show_default=True,
+    help="Global gradient norm limit (0: off).",
+)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
+@click.option("--epochs", type=FiniteFloat(0, 1e6), default=20.0, show_default=True)
+@click.option(
+    "--max-steps",
+    type=click.IntRange(0),
+    default=0,
+    help="Stop after this many steps in total (0: no limit).",
+)
+@click.option(
+    "--max-time", type=Duration(), default=0, help="Stop after this long, e.g. 90s, 20m, 2h (0: no limit)."
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(0),
+    default=5,
+    show_default=True,
+    help="Stop after this many evaluations without a new best validation loss (0: never).",
+)
+@click.option("--eval-every", type=click.IntRange(1), default=200, show_default=True)
+@click.option(
+    "--eval-chars",
+    type=click.IntRange(0),
+    default=0,
+    help="Validate on at most this many characters (0: all).",
+)
+@click.option("--save-every", type=click.IntRange(0), default=200, show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory (default: checkpoints/<corpus name>/).",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in the output directory exactly where it stopped."
+)
+@click.option("--init-from", type=EXISTING_FILE, help="Start from this checkpoint's weights (fine-tuning).")
+@click.option("--encoding", default="utf-8", show_default=True)
+@click.option(
+    "--errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict", show_default=True
+)
+@click.option("--newline", type=click.Choice(["normalize", "keep"]), default="normalize", show_default=True)
+@click.option(
+    "--unknown",
+    type=click.Choice(UNKNOWN_POLICIES),
+    default="error",
+    show_default=True,
+    help="With --init-from: characters of the corpus that the checkpoint does not know.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def train(ctx, corpus, output, resume, init_from, encoding, errors, newline, unknown, quiet, **_):
+    """Train a model on one or more text files (concatenated)."""
+    if resume and init_from:
+        raise click.UsageError("--resume and --init-from exclude each other")
+    p = ctx.params
+    fresh = not (resume or init_from)
+    model_options = {n: p[n] for n in MODEL_OPTIONS} if fresh else given(ctx, MODEL_OPTIONS)
+    train_options = {n: p[n] for n in TRAIN_OPTIONS} if fresh else given(ctx, TRAIN_OPTIONS)
+    trainer = prepare_run(
+        list(corpus),
+        model_options,
+        train_options,
+        TextPolicy(encoding, errors, newline),
+        output,
+        resume,
+        init_from,
+        unknown,
+    )
+    click.echo(summary_line(trainer), err=True)
+    result = trainer.run(show_progress=False if quiet else None)
+    best = (
+        f"best loss {result.best_val:.4f} at step {result.best_step}"
+        if result.best_step
+        else "no evaluation yet"
+    )
+    click.echo(
+        f"stopped after step {result.step} ({result.reason}); {best}; checkpoints in {result.out_dir}",
+        err=True,
+    )
+    if result.signal:
+        ctx.exit(128 + result.signal)
+
+
+@main.command()
+@CHECKPOINT
+@click.option("-n", "--length", type=click.IntRange(0, 10_000_000), default=1000, show_default=True)
+@click.option(
+    "-t", "--temperature", type=FiniteFloat(0, 100), default=0.8, show_default=True, help="0: greedy."
+)
+@click.option("--greedy", is_flag=True, help="Always take the most likely character (same as -t 0).")
+@click.option(
+    "--top-k", type=click.IntRange(0), default=0, help="Sample among the k most likely characters (0: all)."
+)
+@click.option("--top-p", type=FiniteFloat(0, 1, lo_open=True), default=1.0, help="Nucleus sampling mass.")
+@click.option("-p", "--prime", default="", help="Text to start from (printed first).")
+@click.option(
+    "--prime-file", type=click.File("r", encoding="utf-8"), help="Read the prime from a file (- for stdin)."
+)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), help="Same seed, same text.")
+@click.option("--num-samples", type=click.IntRange(1, 1024), default=1, show_default=True)
+@click.option("--stop", default="", help="Stop a sample once it has written this string.")
+@UNKNOWN
+def sample(
+    checkpoint, length, temperature, greedy, top_k, top_p, prime, prime_file, seed, num_samples, stop, unknown
+):
+    """Write new text in the style of the training corpus (streams to stdout)."""
+    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+    if prime_file is not None:
+        prime = prime_file.read()
+    stop = stop.encode().decode("unicode_escape") if "\\" in stop else stop
+    opts = SampleOptions(
+        length, 0.0 if greedy else temperature, top_k, top_p, prime, seed, num_samples, stop, unknown
+    )
+    texts = [[] for _ in range(num_samples)]
+    live = num_samples == 1
+    for pieces in generate(ckpt.model(), ckpt.vocab, opts):
+        if live:
+            sys.stdout.write(pieces[0])
+            sys.stdout.flush()
+        else:
+            for text, piece in zip(texts, pieces):
+                text.append(piece)
+    sys.stdout.write("\n" if live else "\n\n".join("".join(t) for t in texts) + "\n")
+
+
+def _scores(checkpoint, files, exact, streams, unknown):
+    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+    model = ckpt.model()
+    return [
+        score_file(model, ckpt.vocab, ckpt.text_policy, f, 1 if exact else streams, unknown) for f in files
+    ]
+
+
+STREAMS = click.option(
+    "--streams",
+    type=click.IntRange(1, 4096),
+    default=64,
+    show_default=True,
+    help="Parallel streams (speed); see --exact.",
+)
+EXACT = click.option("--exact", is_flag=True, help="One stream over the whole text: the model's exact value.")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=EXISTING_FILE)
+@CHECKPOINT
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file (per line with --per-line).")
+@click.option("--per-line", is_flag=True, help="Score each line on its own.")
+@click.option("--surprisal", "show_surprisal", is_flag=True, help="Print the text coloured by surprise.")
+@EXACT
+@STREAMS
+@UNKNOWN
+def score(files, checkpoint, as_json, per_line, show_surprisal, exact, streams, unknown):
+    """How well the model predicts each file: nats/char, bits/char, perplexity."""
+    if show_surprisal:
+        ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+        for f in files:
+            ids, _ = ckpt.vocab.encode(read_text(f, ckpt.text_policy), unknown=unknown)
+            # colour is the whole point of this view, so it stays on when piped (e.g. into less -R)
+            click.echo(render_surprisal(ckpt.vocab.decode(ids), surprisal(ckpt.model(), ids)), color=True)
+        click.echo(surprisal_legend(), err=True, color=True)
+        return
+    if per_line:
+        ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+        results = [
+            s for f in files for s in score_lines(ckpt.model(), ckpt.vocab, ckpt.text_policy, f, unknown)
+        ]
+    else:
+        results = _scores(checkpoint, files, exact, streams, unknown)
+    if as_json:
+        for r in results:
+            click.echo(json.dumps(r.to_dict()))
+        return
+    click.echo(f"{'file':<40} {'chars':>10} {'nats/char':>10} {'bits/char':>10} {'perplexity':>11}")
+    for r in results:
+        d = r.to_dict()
+        click.echo(
+            f"{d['name']:<40} {d['chars']:>10,} {d['nats_per_char']:>10.4f} "
+            f"{d['bits_per_char']:>10.4f} {d['perplexity']:>11.4f}"
+        )
+        if r.skipped:
+            click.echo(f"{r.name}: {r.skipped:,} unknown character(s) skipped", err=True)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=EXISTING_FILE)
+@CHECKPOINT
+@click.option("--json", "as_json", is_flag=True)
+@EXACT
+@STREAMS
+@UNKNOWN
+def perplexity(files, checkpoint, as_json, exact, streams, unknown):
+    """Print only the perplexity of each file, one per line."""
+    for r in _scores(checkpoint, files, exact, streams, unknown):
+        d = r.to_dict()
+        click.echo(
+            json.dumps({"file": r.name, "perplexity": d["perplexity"]})
+            if as_json
+            else f"{d['perplexity']:.6g}"
+        )
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def info(checkpoint, as_json):
+    """Describe a checkpoint: model, vocabulary, training progress, format."""
+    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+    desc = ckpt.describe()
+    if as_json:
+        click.echo(json.dumps(desc, indent=2))
+        return
+    for key, value in desc.items():
+        click.echo(f"{key:<16} {value}")

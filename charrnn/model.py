@@ -121,7 +121,9 @@ class CharRNN:
         """Zero state for every layer: a tuple of (h,) or (h, c), each (batch, H)."""
         n = 2 if self.config.cell == "lstm" else 1
         H = self.config.hidden_size
-        return tuple(tuple(np.zeros((batch, H), self.dtype) for _ in range(n)) for _ in range(self.config.num_layers))
+        return tuple(
+            tuple(np.zeros((batch, H), self.dtype) for _ in range(n)) for _ in range(self.config.num_layers)
+        )
 
     def _recurrent(self, k: int) -> dict:
         cfg, p = self.config, self.params
@@ -221,9 +223,9 @@ class CharRNN:
         xw = self._input_projection(np.asarray(ids))  # (N, G)
         new_state = []
         for k in range(self.config.num_layers):
-            if k > 0:
-                xw = h @ p[f"l{k}.Wx"]
-                xw += p[f"l{k}.b"]
             h, s = self._step(xw, state[k], **self._recurrent(k))
             new_state.append(s)
+            if k + 1 < self.config.num_layers:
+                xw = h @ p[f"l{k + 1}.Wx"]
+                xw += p[f"l{k + 1}.b"]
         return h @ p["Wy"] + p["by"], tuple(new_state)

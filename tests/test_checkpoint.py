@@ -795,10 +795,10 @@ def poison(kind: str, value: float):
         (lambda c: c.params.pop("l0.b"), "param/l0.b is missing"),
         (lambda c: c.optimizer.pop("t"), "adam/t is missing"),
         (
-                # Vocab() refuses this itself; the saver must too when handed a tampered object.
-                lambda c: setattr(c.vocab, "codepoints", np.array([65, 10, 97], np.int32)),
-                "vocab is not strictly increasing",
-            ),
+            # Vocab() refuses this itself; the saver must too when handed a tampered object.
+            lambda c: setattr(c.vocab, "codepoints", np.array([65, 10, 97], np.int32)),
+            "vocab is not strictly increasing",
+        ),
         (lambda c: c.progress.update(x=object()), "progress is not JSON-serialisable"),
         (
             lambda c: setattr(c, "hidden", c.hidden * 2),

@@ -1,0 +1,114 @@
+"""Generating text: prime, temperature, top-k, top-p, seeds, stop strings, streaming.
+
+The prime text runs through the same whole-sequence forward as training (one call), then each
+new character goes through `CharRNN.step`, which shares its activation code with training.
+Several samples are one batch: each row of the state is an independent stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import CharRNNError
+from .model import CharRNN
+from .vocab import Vocab
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    length: int = 1000
+    temperature: float = 1.0  # 0 means greedy (argmax)
+    top_k: int = 0  # 0: no limit
+    top_p: float = 1.0  # 1: no nucleus cut
+    prime: str = ""
+    seed: int | None = None
+    num_samples: int = 1
+    stop: str = ""
+    unknown: str = "error"
+
+
+def next_distribution(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
+    """logits (N, V) -> probabilities (N, V) float64 after temperature, top-k and top-p."""
+    z = logits.astype(np.float64) / temperature
+    if 0 < top_k < z.shape[1]:
+        kth = np.partition(z, -top_k, axis=1)[:, -top_k][:, None]
+        z = np.where(z < kth, -np.inf, z)
+    z -= z.max(axis=1, keepdims=True)
+    probs = np.exp(z)
+    probs /= probs.sum(axis=1, keepdims=True)
+    if top_p < 1.0:
+        order = np.argsort(-probs, axis=1)
+        sorted_p = np.take_along_axis(probs, order, axis=1)
+        # keep the smallest prefix whose mass reaches top_p (always at least the top character)
+        drop_sorted = np.cumsum(sorted_p, axis=1) - sorted_p >= top_p
+        drop = np.zeros_like(drop_sorted)
+        np.put_along_axis(drop, order, drop_sorted, axis=1)
+        probs[drop] = 0.0
+        probs /= probs.sum(axis=1, keepdims=True)
+    return probs
+
+
+def choose(logits: np.ndarray, opts: SampleOptions, rng: np.random.Generator) -> np.ndarray:
+    """Pick one id per row of logits (N, V) -> (N,)."""
+    if opts.temperature == 0:
+        return logits.argmax(axis=1)
+    probs = next_distribution(logits, opts.temperature, opts.top_k, opts.top_p)
+    cdf = np.cumsum(probs, axis=1)
+    u = rng.random((len(cdf), 1)) * cdf[:, -1:]
+    return np.minimum((cdf <= u).sum(axis=1), probs.shape[1] - 1)
+
+
+def prime_state(model: CharRNN, vocab: Vocab, prime: str, n: int, unknown: str, rng: np.random.Generator):
+    """Run the prime through the model for n streams. -> (last input ids (n,), state, prime as used).
+
+    Without a prime, the model starts as it did at the start of each training stream (zero
+    state) reading a newline, when the vocabulary has one, else a random character."""
+    if prime:
+        ids, skipped = vocab.encode(prime, unknown=unknown)
+        if not len(ids):
+            raise CharRNNError("the prime has no character in the model's vocabulary")
+        used = vocab.decode(ids)
+        state = None
+        if len(ids) > 1:
+            x = np.broadcast_to(ids[:-1].astype(np.int64), (n, len(ids) - 1))
+            _, state = model.forward(np.ascontiguousarray(x), None)
+        return np.full(n, int(ids[-1])), state, used
+    if "\n" in vocab:
+        return np.full(n, vocab.index["\n"]), None, ""
+    first = rng.integers(len(vocab), size=n)
+    return first, None, None  # None: each stream's visible text starts with its random character
+
+
+def generate(model: CharRNN, vocab: Vocab, opts: SampleOptions) -> Iterator[list[str]]:
+    """Yield, step by step, one new piece of text per stream (the prime first).
+
+    A stream that has produced its stop string yields "" from then on; generation ends when
+    every stream has stopped or reached opts.length new characters."""
+    rng = np.random.default_rng(opts.seed)
+    n = opts.num_samples
+    ids, state, used = prime_state(model, vocab, opts.prime, n, opts.unknown, rng)
+    if used is None:
+        yield [vocab.chars[i] for i in ids]
+    elif used:
+        yield [used] * n
+    tails = [""] * n
+    done = np.zeros(n, dtype=bool)
+    for _ in range(opts.length):
+        logits, state = model.step(ids, state)
+        ids = choose(logits, opts, rng)
+        pieces = []
+        for k, i in enumerate(ids.tolist()):
+            if done[k]:
+                pieces.append("")
+                continue
+            ch = vocab.chars[i]
+            pieces.append(ch)
+            if opts.stop:
+                tails[k] = (tails[k] + ch)[-len(opts.stop) :]
+                done[k] = tails[k] == opts.stop
+        yield pieces
+        if done.all():
+            return

@@ -1,0 +1,179 @@
+"""How likely is a text: nats/char, bits/char and perplexity, per file or per line.
+
+Every character after the first is predicted from everything before it; the first character is
+context only (as in training, where each target is the next character of its input).
+
+Exact mode runs one stream over the whole text with the state carried, which is what the model
+defines. The default runs S parallel streams for speed: the text is cut into S consecutive
+segments and every segment but the first starts from zero state after re-reading the `warmup`
+characters before it, which are not counted. Every character is still scored exactly once; only
+a character more than `warmup` positions into a segment's past is forgotten, so the figure
+differs from the exact one by a small amount (measured and reported in docs/BENCHMARKS.md).
+Memory stays bounded: texts are encoded once (memory-mapped when large) and read in windows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import load_corpus
+from .errors import CharRNNError
+from .functional import bits_per_char, perplexity
+from .model import CharRNN
+from .text import TextPolicy, read_text
+from .vocab import Vocab
+
+# logits of one window are (streams * T, V); this caps that array (float32 elements)
+WINDOW_ELEMENTS = 1 << 22
+
+
+@dataclass
+class Score:
+    name: str
+    chars: int  # characters scored (predicted)
+    nats: float  # their total negative log-likelihood
+    skipped: int = 0  # characters left out by --unknown skip
+    streams: int = 1  # 1 means the exact single-stream value
+
+    @property
+    def nats_per_char(self) -> float:
+        return self.nats / self.chars
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(
+            nats_per_char=self.nats_per_char,
+            bits_per_char=bits_per_char(self.nats_per_char),
+            perplexity=perplexity(self.nats_per_char),
+            exact=self.streams == 1,
+        )
+        return d
+
+
+def _window_len(model: CharRNN, streams: int) -> int:
+    return max(16, WINDOW_ELEMENTS // (streams * model.config.vocab_size))
+
+
+def _stream_nats(model: CharRNN, rows: list[np.ndarray], counted_from: np.ndarray) -> float:
+    """Total nats over equal-length rows of ids scored in parallel with carried state; in row s
+    only targets at positions >= counted_from[s] count."""
+    length = len(rows[0]) - 1
+    T = _window_len(model, len(rows))
+    total, state = 0.0, None
+    for a in range(0, length, T):
+        b = min(a + T + 1, length + 1)
+        block = np.stack([r[a:b] for r in rows]).astype(np.int64)  # (S, t + 1)
+        nats, state = model.nll(block[:, :-1], block[:, 1:], state)  # (S, t)
+        positions = np.arange(a, b - 1)
+        total += float(nats[positions[None, :] >= counted_from[:, None]].sum())
+    return total
+
+
+def score_ids(
+    model: CharRNN, ids: np.ndarray, streams: int = 64, warmup: int = 200
+) -> tuple[float, int, int]:
+    """Total nats of ids[1:] given what precedes each. -> (nats, chars scored, streams used).
+
+    streams 1 is exact. Fewer streams are used when segments would be shorter than 4 * warmup,
+    so the warm-up never costs more than a quarter of the work."""
+    n = len(ids)
+    if n < 2:
+        return 0.0, 0, 1
+    W = warmup
+    S = max(1, min(streams, (n - 1 - W) // (4 * W) if W else streams))
+    if S == 1:
+        return _stream_nats(model, [ids], np.zeros(1, np.int64)), n - 1, 1
+    L = (n - 1 - W) // S
+    # stream 0 starts at the text's start, so its first W targets count; the others begin W
+    # characters before their segment and count only the segment
+    starts = [0] + [W + s * L - W for s in range(1, S)]
+    rows = [ids[q : q + W + L + 1] for q in starts]
+    counted = np.array([0] + [W] * (S - 1))
+    total = _stream_nats(model, rows, counted)
+    end = W + S * L  # last input position scored by the streams
+    if end < n - 1:  # a tail shorter than S characters: one stream, with its warm-up
+        q = max(0, end - W)
+        total += _stream_nats(model, [ids[q:]], np.array([end - q]))
+    return total, n - 1, S
+
+
+def score_file(
+    model: CharRNN,
+    vocab: Vocab,
+    policy: TextPolicy,
+    path: Path,
+    streams: int = 64,
+    unknown: str = "error",
+    warmup: int = 200,
+) -> Score:
+    corpus = load_corpus([path], policy, vocab=vocab, unknown=unknown)
+    nats, chars, used = score_ids(model, corpus.ids, streams, warmup)
+    if chars == 0:
+        raise CharRNNError(
+            f"nothing to score in {path}: it has {corpus.num_chars} character(s) the model knows,"
+            " at least 2 are needed"
+        )
+    return Score(str(path), chars, nats, corpus.skipped, used)
+
+
+def score_lines(
+    model: CharRNN, vocab: Vocab, policy: TextPolicy, path: Path, unknown: str = "error"
+) -> list[Score]:
+    """Score each line on its own, as a sentence: read after a newline, ending with one (when the
+    vocabulary has newlines), from zero state. Empty lines are skipped."""
+    newline = vocab.index.get("\n")
+    scores = []
+    for number, line in enumerate(read_text(path, policy).split("\n"), start=1):
+        if not line:
+            continue
+        ids, skipped = vocab.encode(line, unknown=unknown)
+        if newline is not None:
+            ids = np.concatenate(([newline], ids, [newline]))
+        if len(ids) < 2:
+            continue
+        nats, chars, _ = score_ids(model, ids, streams=1)
+        scores.append(Score(f"{path}:{number}", chars, nats, skipped))
+    if not scores:
+        raise CharRNNError(f"nothing to score in {path}: no line has a character the model can predict")
+    return scores
+
+
+def surprisal(model: CharRNN, ids: np.ndarray) -> np.ndarray:
+    """Nats of each character given all before it (exact). ids (n,) -> (n,), the first NaN."""
+    out = np.full(len(ids), math.nan)
+    T = _window_len(model, 1)
+    state = None
+    for a in range(0, len(ids) - 1, T):
+        block = ids[a : a + T + 1].astype(np.int64)[None, :]
+        nats, state = model.nll(block[:, :-1], block[:, 1:], state)
+        out[a + 1 : a + block.shape[1]] = nats[0]
+    return out
+
+
+# 256-colour backgrounds from calm to alarmed, indexed by bits of surprisal (0-1, 1-2, ... 7+)
+SURPRISAL_COLOURS = (22, 28, 64, 100, 136, 166, 160, 124)
+
+
+def render_surprisal(text: str, nats: np.ndarray) -> str:
+    """ANSI-coloured text: each character's background shows how surprising it was."""
+    out = []
+    for ch, n in zip(text, nats):
+        if math.isnan(n):
+            out.append(ch)
+            continue
+        colour = SURPRISAL_COLOURS[min(int(bits_per_char(n)), len(SURPRISAL_COLOURS) - 1)]
+        # a newline shows as a coloured return sign, then breaks the line
+        shown = "\u21b5" if ch == "\n" else ch
+        out.append(f"\x1b[48;5;{colour}m{shown}\x1b[0m" + ("\n" if ch == "\n" else ""))
+    return "".join(out)
+
+
+def surprisal_legend() -> str:
+    cells = " ".join(
+        f"\x1b[48;5;{c}m {b}{'+' if b == 7 else ''} \x1b[0m" for b, c in enumerate(SURPRISAL_COLOURS)
+    )
+    return f"bits of surprisal: {cells}"

@@ -1,0 +1,397 @@
+"""The training loop: windows -> loss_and_grads -> clip -> Adam -> evaluate -> save.
+
+A run lives in one directory: `last.npz` (everything needed to continue exactly), `best.npz`
+(lowest validation loss so far) and `metrics.jsonl` (one JSON object per evaluation).
+
+Exact resume: a checkpoint holds the weights, Adam's moments and step, the schedule, the
+dropout RNG, the window counter, the hidden state carried between windows and the
+early-stopping counters, so `--resume` continues bit for bit (given the same BLAS threads).
+Evaluations happen only every `eval_every` steps so that where a run stops cannot change the
+schedule; the one exception, an evaluation at the very end of a run that has no best.npz yet,
+only writes best.npz and never feeds the schedule.
+
+SIGINT and SIGTERM set a flag; the loop notices it at the next step boundary, saves, and the
+CLI exits 130 / 143. A non-finite loss or gradient stops the run before it touches the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .checkpoint import Checkpoint, clean_stale_temp_files, load_checkpoint, save_checkpoint
+from .config import ModelConfig, TrainConfig
+from .data import Batches, Corpus, eval_windows, load_corpus, split_train_val
+from .errors import CharRNNError, CheckpointError
+from .functional import bits_per_char
+from .model import CharRNN
+from .optim import Adam, LRSchedule, clip_grad_norm
+from .text import TextPolicy
+
+# Options that may differ on --resume: they say how long and how often, not what is learnt.
+RESUMABLE_OVERRIDES = (
+    "epochs",
+    "max_steps",
+    "max_time",
+    "patience",
+    "eval_every",
+    "eval_chars",
+    "save_every",
+)
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    step: int
+    best_val: float
+    best_step: int
+    reason: str  # why the run stopped: "max_steps", "epochs", "max_time", "early_stop", "SIGINT", ...
+    signal: int | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+class _StopFlag:
+    """Turns SIGINT / SIGTERM into a flag read at step boundaries; a second signal during the
+    final save changes nothing, so it cannot corrupt the checkpoint."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = self.signum or signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def ensure_writable(out_dir: Path) -> None:
+    """Fail before step 1, not after an hour of training, when checkpoints cannot be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise CharRNNError(f"cannot write checkpoints to {out_dir}: {e.strerror or e}") from None
+
+
+def evaluate(model: CharRNN, ids: np.ndarray, seq_len: int, max_streams: int) -> float:
+    """Mean validation loss in nats/char with its own zero state: the training state is never
+    touched (torch-rnn #38)."""
+    total, count, state = 0.0, 0, None
+    for x, y in eval_windows(ids, seq_len, max_streams):
+        if state is not None and state[0][0].shape[0] != x.shape[0]:
+            state = None
+        nats, state = model.nll(x, y, state)
+        total += float(nats.sum())
+        count += nats.size
+    return total / count if count else math.nan
+
+
+def size_advice(num_params: int, train_chars: int) -> str:
+    """char-rnn's rule of thumb: parameters and training characters should be of the same
+    order; far more parameters overfits, far fewer underfits."""
+    ratio = num_params / max(train_chars, 1)
+    if ratio > 10:
+        return (
+            " - the model is large for this data (expect overfitting: raise --dropout or lower --hidden-size)"
+        )
+    if ratio < 0.01:
+        return " - the model is small for this data (it may underfit: raise --hidden-size)"
+    return ""
+
+
+class Trainer:
+    """Holds one run's state; `run()` trains until a stopping rule fires."""
+
+    def __init__(
+        self, corpus: Corpus, model: CharRNN, tcfg: TrainConfig, out_dir: Path, ckpt: Checkpoint | None
+    ):
+        self.corpus, self.model, self.tcfg, self.out_dir = corpus, model, tcfg, out_dir
+        self.train_ids, self.val_ids = split_train_val(corpus.ids, tcfg.val_frac)
+        self.batches = Batches(self.train_ids, tcfg.batch_size, tcfg.seq_len)
+        self.adam = Adam(model.params, tcfg.beta1, tcfg.beta2, tcfg.eps)
+        self.schedule = LRSchedule(
+            tcfg.lr, tcfg.lr_decay, tcfg.lr_decay_every, tcfg.plateau_factor, tcfg.plateau_patience
+        )
+        self.rng = np.random.default_rng(tcfg.seed)
+        self.state = None
+        self.last_eval_time: float | None = None
+        self.progress = {
+            "step": 0,
+            "window": 0,
+            "best_val": math.inf,
+            "best_step": 0,
+            "stale_evals": 0,
+            "elapsed": 0.0,
+        }
+        if ckpt is not None and ckpt.optimizer is not None:
+            self.adam.load_state_dict(ckpt.optimizer)
+            self.state = ckpt.hidden
+            self.progress.update(ckpt.progress)
+            self.schedule.load_state_dict(ckpt.progress["schedule"])
+            self.rng.bit_generator.state = ckpt.progress["rng"]
+
+    # ------------------------------------------------------------------ saving
+
+    def checkpoint(self) -> Checkpoint:
+        progress = dict(
+            self.progress,
+            schedule=self.schedule.state_dict(),
+            rng=self.rng.bit_generator.state,
+            corpus={
+                "fingerprint": self.corpus.fingerprint,
+                "names": self.corpus.names,
+                "chars": self.corpus.num_chars,
+            },
+            epoch=self.progress["window"] / self.batches.windows_per_epoch,
+        )
+        return Checkpoint(
+            model_config=self.model.config,
+            params=self.model.params,
+            vocab=self.corpus.vocab,
+            text_policy=self.corpus.policy,
+            train_config=self.tcfg,
+            optimizer=self.adam.state_dict(),
+            hidden=self.state,
+            progress=progress,
+        )
+
+    def save(self, name: str) -> None:
+        save_checkpoint(self.out_dir / name, self.checkpoint())
+
+    def log_metrics(self, record: dict) -> None:
+        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ the loop
+
+    def stop_reason(self, started: float) -> str | None:
+        t, p = self.tcfg, self.progress
+        if t.max_steps and p["step"] >= t.max_steps:
+            return "max_steps"
+        if t.epochs and p["window"] >= t.epochs * self.batches.windows_per_epoch:
+            return "epochs"
+        if t.max_time and time.monotonic() - started >= t.max_time:
+            return "max_time"
+        if t.patience and p["stale_evals"] >= t.patience:
+            return "early_stop"
+        return None
+
+    def run(self, show_progress: bool | None = None) -> RunResult:
+        t, p, model = self.tcfg, self.progress, self.model
+        chars_per_step = t.batch_size * t.seq_len
+        started = time.monotonic()
+        elapsed_before = p["elapsed"]
+        total = t.max_steps or (
+            int(math.ceil(t.epochs * self.batches.windows_per_epoch)) if t.epochs else None
+        )
+        self.last_eval_time = started
+        bar = tqdm(
+            total=total,
+            initial=p["step"],
+            file=sys.stderr,
+            disable=show_progress is False or None,
+            unit="step",
+            dynamic_ncols=True,
+            leave=True,
+        )
+        loss_sum, loss_n, norm, last = 0.0, 0, 0.0, {}
+        reason = None
+        with _StopFlag() as stop, bar:
+            while True:
+                reason = self.stop_reason(started) or (stop.signum and signal.Signals(stop.signum).name)
+                if reason:
+                    break
+                x, y = self.batches.window(p["window"])
+                lr = self.schedule.lr(p["step"])
+                loss, grads, state = model.loss_and_grads(
+                    x, y, self.state, self.rng if model.config.dropout else None
+                )
+                norm = clip_grad_norm(grads, t.grad_clip)
+                if not (math.isfinite(loss) and math.isfinite(norm)):
+                    self.diverged(loss, norm)
+                self.adam.update(model.params, grads, lr)
+                p["step"] += 1
+                p["window"] += 1
+                # a new epoch restarts every stream at its beginning, where the carried state
+                # would be stale
+                self.state = None if p["window"] % self.batches.windows_per_epoch == 0 else state
+                p["elapsed"] = elapsed_before + time.monotonic() - started
+                loss_sum, loss_n = loss_sum + loss, loss_n + 1
+                bar.update(1)
+                if p["step"] % t.eval_every == 0:
+                    last = self.scheduled_eval(loss_sum / loss_n, lr, norm, chars_per_step * loss_n, bar)
+                    loss_sum, loss_n = 0.0, 0
+                else:
+                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                if t.save_every and p["step"] % t.save_every == 0:
+                    self.save("last.npz")
+            if not (self.out_dir / "best.npz").exists():
+                self.final_eval()
+            self.save("last.npz")
+        return RunResult(self.out_dir, p["step"], p["best_val"], p["best_step"], reason, stop.signum, last)
+
+    def val_loss(self) -> float:
+        if not len(self.val_ids):
+            return math.nan
+        ids = self.val_ids[: self.tcfg.eval_chars] if self.tcfg.eval_chars else self.val_ids
+        return evaluate(self.model, ids, self.tcfg.seq_len, self.tcfg.batch_size)
+
+    def scheduled_eval(self, train_loss: float, lr: float, norm: float, chars: int, bar) -> dict:
+        p = self.progress
+        speed = chars / (time.monotonic() - self.last_eval_time)
+        val = self.val_loss()
+        # without validation data the training loss stands in, so best.npz still means something
+        score = train_loss if math.isnan(val) else val
+        improved = score < self.schedule.best
+        p["stale_evals"] = 0 if improved else p["stale_evals"] + 1
+        if self.schedule.observe(score):
+            bar.write(
+                f"step {p['step']}: no improvement for {self.tcfg.plateau_patience} evaluations, "
+                f"learning rate now {self.schedule.lr(p['step']):.2e}",
+                file=sys.stderr,
+            )
+        if score < p["best_val"]:
+            p["best_val"], p["best_step"] = score, p["step"]
+            self.save("best.npz")
+        record = {
+            "step": p["step"],
+            "epoch": round(p["window"] / self.batches.windows_per_epoch, 4),
+            "train_loss": train_loss,
+            "val_loss": None if math.isnan(val) else val,
+            "val_bpc": None if math.isnan(val) else bits_per_char(val),
+            "lr": lr,
+            "grad_norm": norm,
+            "chars_per_sec": round(speed, 1),
+            "elapsed": round(p["elapsed"], 2),
+        }
+        self.log_metrics(record)
+        bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{score:.3f}", refresh=False)
+        bar.write(
+            f"step {p['step']}  epoch {record['epoch']:.2f}  train {train_loss:.4f}  "
+            + (f"val {val:.4f} ({bits_per_char(val):.3f} bits/char)  " if not math.isnan(val) else "")
+            + f"{speed:,.0f} chars/s",
+            file=sys.stderr,
+        )
+        self.last_eval_time = time.monotonic()
+        return record
+
+    def final_eval(self) -> None:
+        """A run that ended before its first scheduled evaluation still leaves a best.npz."""
+        p = self.progress
+        val = self.val_loss()
+        if not math.isnan(val):
+            p["best_val"], p["best_step"] = val, p["step"]
+        self.save("best.npz")
+
+    def diverged(self, loss: float, norm: float) -> None:
+        step = self.progress["step"] + 1
+        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
+        advice = "lower --lr or --grad-clip, then continue with --resume"
+        last = self.out_dir / "last.npz"
+        try:
+            # nothing non-finite was applied, so these weights are the last good ones, unless
+            # an earlier update already overflowed them (the save refuses non-finite weights)
+            self.save("last.npz")
+        except CheckpointError:
+            raise CharRNNError(
+                f"training diverged at step {step} ({what}) after the weights became non-finite; "
+                f"{last} keeps the last good checkpoint - {advice}"
+            ) from None
+        raise CharRNNError(
+            f"training diverged at step {step} ({what}); weights of step {step - 1} saved to {last}"
+            f" - {advice}"
+        )
+
+
+# ---------------------------------------------------------------------- building a run
+
+
+def default_out_dir(paths: list[Path]) -> Path:
+    return Path("checkpoints") / Path(paths[0]).stem
+
+
+def _refuse_differences(what: str, saved: dict, requested: dict) -> None:
+    diffs = [f"{k} {saved[k]!r} -> {v!r}" for k, v in requested.items() if k in saved and saved[k] != v]
+    if diffs:
+        raise CharRNNError(f"cannot {what}: " + ", ".join(diffs) + " differ from the checkpoint")
+
+
+def prepare_run(
+    paths: list[Path],
+    model_options: dict,
+    train_options: dict,
+    policy: TextPolicy,
+    out_dir: Path | None = None,
+    resume: bool = False,
+    init_from: Path | None = None,
+    unknown: str = "error",
+) -> Trainer:
+    """Build a Trainer for a new, resumed or fine-tuned run.
+
+    model_options / train_options hold only the options the user gave (plus, for a new run,
+    everything else at its default); on --resume anything that would change what is learnt is
+    refused with the difference spelled out."""
+    out_dir = Path(out_dir) if out_dir else default_out_dir(paths)
+    ensure_writable(out_dir)
+    clean_stale_temp_files(out_dir)
+    if resume:
+        last = out_dir / "last.npz"
+        if not last.exists():
+            raise CharRNNError(f"nothing to resume: {last} does not exist")
+        ckpt = load_checkpoint(last)
+        _refuse_differences("resume", ckpt.model_config.to_dict(), model_options)
+        fixed = {k: v for k, v in train_options.items() if k not in RESUMABLE_OVERRIDES}
+        _refuse_differences("resume", ckpt.train_config.to_dict(), fixed)
+        tcfg = replace(
+            ckpt.train_config, **{k: v for k, v in train_options.items() if k in RESUMABLE_OVERRIDES}
+        )
+        corpus = load_corpus(paths, ckpt.text_policy, vocab=ckpt.vocab)
+        if corpus.fingerprint != ckpt.progress.get("corpus", {}).get("fingerprint"):
+            raise CharRNNError(
+                f"cannot resume: the corpus differs from the one {last} was trained on "
+                f"({', '.join(ckpt.progress['corpus']['names'])}, {ckpt.progress['corpus']['chars']:,} chars)"
+            )
+        return Trainer(corpus, ckpt.model(), tcfg, out_dir, ckpt)
+    tcfg = TrainConfig(**train_options)
+    if init_from is not None:
+        ckpt = load_checkpoint(init_from)
+        _refuse_differences("fine-tune", ckpt.model_config.to_dict(), model_options)
+        # the checkpoint's vocabulary stays: its rows of Wx and columns of Wy are what was learnt
+        corpus = load_corpus(paths, policy, vocab=ckpt.vocab, unknown=unknown)
+        return Trainer(corpus, ckpt.model(), tcfg, out_dir, None)
+    corpus = load_corpus(paths, policy)
+    cfg = ModelConfig(vocab_size=len(corpus.vocab), **model_options)
+    return Trainer(corpus, CharRNN.create(cfg, seed=tcfg.seed), tcfg, out_dir, None)
+
+
+def summary_line(trainer: Trainer) -> str:
+    c, m, t = trainer.corpus, trainer.model, trainer.tcfg
+    cfg = m.config
+    return (
+        f"corpus {', '.join(c.names)}: {c.num_chars:,} chars ({len(trainer.train_ids):,} train, "
+        f"{len(trainer.val_ids):,} validation), vocabulary {len(c.vocab)}; model {cfg.cell} "
+        f"{cfg.num_layers}x{cfg.hidden_size}, {m.num_params():,} parameters; batch {t.batch_size} x "
+        f"seq {t.seq_len}, {trainer.batches.windows_per_epoch:,} steps/epoch; saving to {trainer.out_dir}"
+        + size_advice(m.num_params(), len(trainer.train_ids))
+    )

@@ -1,0 +1,244 @@
+"""The commands as a user types them: CliRunner for every option, real processes where the
+process itself matters (exact resume under one BLAS thread, stdout vs stderr)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from charrnn.checkpoint import load_checkpoint
+from charrnn.cli import main
+
+TINY = ["--hidden-size", "16", "--layers", "1", "--seq-len", "16", "--batch-size", "4", "-q"]
+
+
+def make_text(n_lines: int = 300, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "ran"]
+    words += ["far", "away", "from", "dog", "who", "barked", "at", "it"]
+    return "".join(" ".join(rng.choice(words, size=rng.integers(3, 9))) + ".\n" for _ in range(n_lines))
+
+
+def run(*args, input=None, catch=False):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=catch)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "words.txt"
+    path.write_text(make_text(), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "words"
+    result = run("train", corpus, "-o", out, *TINY, "--max-steps", 40, "--eval-every", 10, "--save-every", 10)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_writes_run_directory(run_dir):
+    assert {"last.npz", "best.npz", "metrics.jsonl"} <= {p.name for p in run_dir.iterdir()}
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20, 30, 40]
+    assert all(math.isfinite(r["val_loss"]) and r["val_loss"] > 0 for r in records)
+    assert records[-1]["val_loss"] < records[0]["val_loss"]  # it learns
+    assert load_checkpoint(run_dir / "last.npz").progress["step"] == 40
+    best = load_checkpoint(run_dir / "best.npz").progress
+    assert best["best_val"] == min(r["val_loss"] for r in records)
+
+
+def sample(run_dir, *args) -> str:
+    result = run("sample", "-c", run_dir, *args)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_sample_seed_length_and_vocabulary(run_dir, corpus):
+    a = sample(run_dir, "-n", 200, "--seed", 3)
+    assert a == sample(run_dir, "-n", 200, "--seed", 3)
+    assert a != sample(run_dir, "-n", 200, "--seed", 4)
+    assert len(a) == 200 + 1  # the newline that ends the output
+    assert set(a) <= set(corpus.read_text())
+
+
+def test_sample_prime_greedy_topk_stop(run_dir):
+    primed = sample(run_dir, "-n", 50, "-p", "the cat", "--seed", 1)
+    assert primed.startswith("the cat") and len(primed) == len("the cat") + 50 + 1
+    greedy = sample(run_dir, "-n", 60, "--greedy", "--seed", 1)
+    assert greedy == sample(run_dir, "-n", 60, "-t", 0, "--seed", 2)
+    assert greedy == sample(run_dir, "-n", 60, "--top-k", 1, "--seed", 3)
+    stopped = sample(run_dir, "-n", 500, "--seed", 5, "--stop", ".")
+    assert stopped.endswith(".\n") and stopped.count(".") == 1
+    nucleus = sample(run_dir, "-n", 80, "--top-p", 0.5, "--seed", 5)
+    assert len(nucleus) == 81
+
+
+def test_sample_prime_file_and_many_samples(run_dir):
+    from_stdin = run("sample", "-c", run_dir, "-n", 10, "--seed", 1, "--prime-file", "-", input="a cat")
+    assert from_stdin.exit_code == 0 and from_stdin.stdout.startswith("a cat")
+    many = sample(run_dir, "-n", 30, "--seed", 2, "--num-samples", 3)
+    assert len(many.split("\n\n")) >= 3
+
+
+def test_unknown_prime_characters(run_dir):
+    result = run("sample", "-c", run_dir, "-n", 5, "-p", "the \u732b cat")
+    assert result.exit_code == 1
+    assert "U+732B" in result.stderr and "Traceback" not in result.output
+    skipped = sample(run_dir, "-n", 5, "-p", "the \u732b cat", "--unknown", "skip", "--seed", 1)
+    assert skipped.startswith("the  cat")
+
+
+def test_score_json_and_table(run_dir, corpus, tmp_path):
+    result = run("score", "-c", run_dir, corpus, "--json")
+    assert result.exit_code == 0, result.output
+    d = json.loads(result.stdout)
+    assert d["chars"] == len(corpus.read_text()) - 1
+    assert all(math.isfinite(d[k]) for k in ("nats_per_char", "bits_per_char", "perplexity"))
+    assert d["perplexity"] == pytest.approx(math.exp(d["nats_per_char"]))
+    assert d["bits_per_char"] == pytest.approx(d["nats_per_char"] / math.log(2))
+    exact = json.loads(run("score", "-c", run_dir, corpus, "--json", "--exact").stdout)
+    assert exact["exact"] and exact["chars"] == d["chars"]
+    assert abs(exact["nats_per_char"] - d["nats_per_char"]) < 0.05
+    table = run("score", "-c", run_dir, corpus)
+    assert "bits/char" in table.stdout and str(corpus) in table.stdout
+
+
+def test_score_per_line_and_surprisal(run_dir, tmp_path):
+    f = tmp_path / "lines.txt"
+    f.write_text("the cat sat.\n\na dog ran far away.\n", encoding="utf-8")
+    lines = [
+        json.loads(x) for x in run("score", "-c", run_dir, f, "--per-line", "--json").stdout.splitlines()
+    ]
+    assert [x["name"].rsplit(":", 1)[1] for x in lines] == ["1", "3"]
+    assert lines[0]["chars"] == len("the cat sat.") + 1  # its characters and the newline that ends it
+    shown = run("score", "-c", run_dir, f, "--surprisal")
+    assert shown.exit_code == 0 and "\x1b[48;5;" in shown.stdout
+
+
+def test_perplexity_plain_and_json(run_dir, corpus):
+    plain = run("perplexity", "-c", run_dir, corpus, corpus)
+    values = [float(v) for v in plain.stdout.split()]
+    assert len(values) == 2 and values[0] == values[1] and 1 < values[0] < 30
+    d = json.loads(run("perplexity", "-c", run_dir, corpus, "--json").stdout.splitlines()[0])
+    assert d["perplexity"] == pytest.approx(values[0], rel=1e-5)
+
+
+def test_nothing_to_score(run_dir, tmp_path):
+    f = tmp_path / "one.txt"
+    f.write_text("a", encoding="utf-8")
+    result = run("perplexity", "-c", run_dir, f)
+    assert result.exit_code == 1 and "nothing to score" in result.stderr
+    assert "nan" not in result.stdout and "inf" not in result.stdout
+
+
+def test_info(run_dir):
+    result = run("info", run_dir / "last.npz", "--json")
+    assert result.exit_code == 0, result.output
+    d = json.loads(result.stdout)
+    assert d["step"] == 40 and d["cell"] == "lstm" and d["parameters"] > 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sample", "-t", "nan"],
+        ["sample", "-t", "inf"],
+        ["sample", "-t", "-1"],
+        ["sample", "-n", "-5"],
+        ["sample", "-n", "99999999999"],
+        ["sample", "--top-p", "0"],
+        ["train", "missing.txt"],
+        ["score", "missing.txt"],
+    ],
+)
+def test_bad_values_are_usage_errors(args):
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_training_values(corpus):
+    for opt, value in [
+        ("--lr", "nan"),
+        ("--lr", "0"),
+        ("--dropout", "1"),
+        ("--max-time", "soon"),
+        ("--hidden-size", "0"),
+    ]:
+        result = run("train", corpus, opt, value)
+        assert result.exit_code == 2, (opt, value, result.output)
+
+
+def test_default_checkpoint_is_newest_best(run_dir, corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run("sample", "-n", 5).exit_code == 1  # none yet: a clear error, not a traceback
+    result = run("train", corpus, *TINY, "--max-steps", 3)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "checkpoints" / "words" / "best.npz").exists()
+    result = run("sample", "-n", 5, "--seed", 1)
+    assert result.exit_code == 0 and "checkpoints/words/best.npz" in result.stderr
+
+
+def cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, OPENBLAS_NUM_THREADS="1", **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "charrnn", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+    )
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_resume_is_bitwise_exact(corpus, tmp_path, cell):
+    common = [
+        *TINY,
+        "--model",
+        cell,
+        "--dropout",
+        "0.2",
+        "--eval-every",
+        5,
+        "--save-every",
+        5,
+        "--plateau-patience",
+        1,
+    ]
+    straight = cli("train", corpus, "-o", tmp_path / "a", *common, "--max-steps", 17)
+    assert straight.returncode == 0, straight.stderr
+    assert straight.stdout == ""  # progress and logs never reach stdout
+    first = cli("train", corpus, "-o", tmp_path / "b", *common, "--max-steps", 7)
+    resumed = cli("train", corpus, "-o", tmp_path / "b", "--resume", "--max-steps", 17, "-q")
+    assert first.returncode == 0 and resumed.returncode == 0, resumed.stderr
+    a, b = load_checkpoint(tmp_path / "a" / "last.npz"), load_checkpoint(tmp_path / "b" / "last.npz")
+    assert a.progress["step"] == b.progress["step"] == 17
+    for name in a.params:
+        assert np.array_equal(a.params[name], b.params[name]), name
+    for key in a.optimizer:
+        assert np.array_equal(a.optimizer[key], b.optimizer[key]), key
+    for sa, sb in zip(a.hidden, b.hidden):
+        assert all(np.array_equal(x, y) for x, y in zip(sa, sb))
+    assert a.progress["rng"] == b.progress["rng"]
+
+
+def test_resume_refuses_changes(corpus, tmp_path):
+    out = tmp_path / "r"
+    assert cli("train", corpus, "-o", out, *TINY, "--max-steps", 2).returncode == 0
+    other = cli("train", corpus, "-o", out, "--resume", "--hidden-size", 32)
+    assert other.returncode == 1 and "hidden_size" in other.stderr
+    changed = tmp_path / "words.txt"
+    changed.write_text(make_text(seed=1), encoding="utf-8")
+    moved = cli("train", changed, "-o", out, "--resume")
+    assert moved.returncode == 1 and "corpus differs" in moved.stderr
+    assert load_checkpoint(out / "last.npz").progress["step"] == 2  # nothing lost
