@@ -39,6 +39,8 @@ from .optim import Adam, LRSchedule, clip_grad_norm
 from .text import TextPolicy
 
 # Options that may differ on --resume: they say how long and how often, not what is learnt.
+# Stopping rules after which the last weights are evaluated (a signal asks for a quick exit).
+FINAL_EVAL_REASONS = ("max_steps", "epochs", "max_time")
 RESUMABLE_OVERRIDES = (
     "epochs",
     "max_steps",
@@ -246,8 +248,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
                 if t.save_every and p["step"] % t.save_every == 0:
                     self.save("last.npz")
-            if not (self.out_dir / "best.npz").exists():
-                self.final_eval()
+            if reason in FINAL_EVAL_REASONS and p["step"] % t.eval_every or not self.has_best():
+                self.final_eval(bar)
             self.save("last.npz")
         return RunResult(self.out_dir, p["step"], p["best_val"], p["best_step"], reason, stop.signum, last)
 
@@ -296,13 +298,24 @@ class Trainer:
         self.last_eval_time = time.monotonic()
         return record
 
-    def final_eval(self) -> None:
-        """A run that ended before its first scheduled evaluation still leaves a best.npz."""
+    def has_best(self) -> bool:
+        return (self.out_dir / "best.npz").exists()
+
+    def final_eval(self, bar) -> None:
+        """Evaluate the weights a run ends with, so that best.npz holds them when they are the
+        best (and exists at all after a run shorter than one evaluation period). It feeds
+        neither the schedule nor early stopping: a run stopped here and resumed must follow
+        the same path as one never stopped."""
         p = self.progress
         val = self.val_loss()
         if not math.isnan(val):
-            p["best_val"], p["best_step"] = val, p["step"]
-        self.save("best.npz")
+            bar.write(
+                f"step {p['step']}  final val {val:.4f} ({bits_per_char(val):.3f} bits/char)", file=sys.stderr
+            )
+        if val < p["best_val"] or not self.has_best():
+            if not math.isnan(val):
+                p["best_val"], p["best_step"] = val, p["step"]
+            self.save("best.npz")
 
     def diverged(self, loss: float, norm: float) -> None:
         step = self.progress["step"] + 1
