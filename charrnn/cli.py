@@ -102,9 +102,8 @@ TRAIN_OPTIONS = (
 @click.option(
     "--embedding-size",
     type=click.IntRange(0, 8192),
-    default=0,
-    show_default=True,
-    help="0 feeds one-hot characters straight into layer 0; use e.g. 64 for vocabularies of thousands.",
+    help="0 feeds one-hot characters straight into layer 0. Default: 0 for vocabularies of up to "
+    "256 characters, 64 for larger ones.",
 )
 @click.option("--peephole/--no-peephole", default=False, help="LSTM peephole connections.")
 @click.option(

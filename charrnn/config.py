@@ -9,6 +9,13 @@ from typing import Any
 
 CELLS = ("lstm", "gru", "rnn")
 NONLINEARITIES = ("tanh", "relu")
+ONE_HOT_MAX_VOCAB = 256
+
+
+def default_embedding_size(vocab_size: int) -> int:
+    """One-hot input is a cheap row gather, but its (V, G) weights get a full Adam update every
+    step; for thousands of characters (Japanese, Chinese) a small embedding is far cheaper."""
+    return 0 if vocab_size <= ONE_HOT_MAX_VOCAB else 64
 
 
 @dataclass(frozen=True)

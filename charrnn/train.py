@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .checkpoint import Checkpoint, clean_stale_temp_files, load_checkpoint, save_checkpoint
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig, default_embedding_size
 from .data import Batches, Corpus, eval_windows, load_corpus, split_train_val
 from .errors import CharRNNError, CheckpointError
 from .functional import bits_per_char
@@ -394,6 +394,8 @@ def prepare_run(
         corpus = load_corpus(paths, policy, vocab=ckpt.vocab, unknown=unknown)
         return Trainer(corpus, ckpt.model(), tcfg, out_dir, None)
     corpus = load_corpus(paths, policy)
+    if model_options.get("embedding_size") is None:
+        model_options = dict(model_options, embedding_size=default_embedding_size(len(corpus.vocab)))
     cfg = ModelConfig(vocab_size=len(corpus.vocab), **model_options)
     return Trainer(corpus, CharRNN.create(cfg, seed=tcfg.seed), tcfg, out_dir, None)
 

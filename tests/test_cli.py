@@ -242,3 +242,21 @@ def test_resume_refuses_changes(corpus, tmp_path):
     moved = cli("train", changed, "-o", out, "--resume")
     assert moved.returncode == 1 and "corpus differs" in moved.stderr
     assert load_checkpoint(out / "last.npz").progress["step"] == 2  # nothing lost
+
+
+def test_large_vocabulary_gets_an_embedding_and_round_trips(tmp_path):
+    # 600 distinct characters from the CJK block plus kana: Japanese-like text with multi-byte UTF-8
+    rng = np.random.default_rng(5)
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 560)] + [chr(c) for c in range(0x3041, 0x3069)]
+    text = "".join("".join(rng.choice(chars, 30)) + "。\n" for _ in range(300))
+    corpus = tmp_path / "ja.txt"
+    corpus.write_text(text, encoding="utf-8")
+    out = tmp_path / "run"
+    result = run("train", corpus, "-o", out, *TINY, "--max-steps", 5, "--eval-every", 5)
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(out / "best.npz")
+    assert ckpt.model_config.embedding_size == 64 and ckpt.params["embed"].shape == (len(set(text)), 64)
+    generated = sample(out, "-n", 300, "--seed", 1, "-p", "一")
+    assert len(generated) == 1 + 300 + 1 and set(generated) <= set(text)  # prime, new text, newline
+    scored = json.loads(run("score", "-c", out, corpus, "--json").stdout)
+    assert scored["chars"] == len(text) - 1 and math.isfinite(scored["perplexity"])
