@@ -60,8 +60,8 @@ class ModelConfig:
 class TrainConfig:
     """How a model is trained. Times are seconds; 0 disables a limit or a schedule."""
 
-    seq_len: int = 100
-    batch_size: int = 64
+    seq_len: int = 50
+    batch_size: int = 32
     lr: float = 2e-3
     lr_decay: float = 1.0
     lr_decay_every: int = 0
@@ -74,7 +74,7 @@ class TrainConfig:
     max_steps: int = 0
     max_time: float = 0.0
     patience: int = 0
-    eval_every: int = 200
+    eval_every: int = 400
     eval_chars: int = 0
     save_every: int = 200
     beta1: float = 0.9

@@ -182,8 +182,24 @@ class Trainer:
         save_checkpoint(self.out_dir / name, self.checkpoint())
 
     def log_metrics(self, record: dict) -> None:
-        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        """Append one line, whole or not at all: a full disk must not leave half a record for
+        the next run to append to."""
+        path = self.out_dir / "metrics.jsonl"
+        line = (json.dumps(record) + "\n").encode("utf-8")
+        try:
+            with open(path, "ab", buffering=0) as f:
+                start = f.seek(0, os.SEEK_END)
+                try:
+                    done = 0
+                    while done < len(line):
+                        done += f.write(line[done:])
+                except OSError:
+                    os.ftruncate(f.fileno(), start)
+                    raise
+        except OSError as e:
+            raise CharRNNError(
+                f"could not write {path}: {e.strerror or e}; the checkpoints are unchanged"
+            ) from None
 
     # ------------------------------------------------------------------ the loop
 
@@ -263,8 +279,9 @@ class Trainer:
         p = self.progress
         speed = chars / (time.monotonic() - self.last_eval_time)
         val = self.val_loss()
-        # without validation data the training loss stands in, so best.npz still means something
-        score = train_loss if math.isnan(val) else val
+        # without validation data the training loss stands in, so best.npz still means something;
+        # with it, a NaN (a failed evaluation) stays NaN, and NaN is never a new best
+        score = val if len(self.val_ids) else train_loss
         improved = score < self.schedule.best
         p["stale_evals"] = 0 if improved else p["stale_evals"] + 1
         if self.schedule.observe(score):
@@ -311,6 +328,14 @@ class Trainer:
         if not math.isnan(val):
             bar.write(
                 f"step {p['step']}  final val {val:.4f} ({bits_per_char(val):.3f} bits/char)", file=sys.stderr
+            )
+            self.log_metrics(
+                {
+                    "step": p["step"],
+                    "val_loss": val,
+                    "val_bpc": bits_per_char(val),
+                    "elapsed": round(p["elapsed"], 2),
+                }
             )
         if val < p["best_val"] or not self.has_best():
             if not math.isnan(val):
@@ -379,11 +404,18 @@ def prepare_run(
         tcfg = replace(
             ckpt.train_config, **{k: v for k, v in train_options.items() if k in RESUMABLE_OVERRIDES}
         )
-        corpus = load_corpus(paths, ckpt.text_policy, vocab=ckpt.vocab)
-        if corpus.fingerprint != ckpt.progress.get("corpus", {}).get("fingerprint"):
+        # skip, then refuse: new characters mean a new corpus, and --unknown does not apply here
+        corpus = load_corpus(paths, ckpt.text_policy, vocab=ckpt.vocab, unknown="skip")
+        if corpus.skipped or corpus.fingerprint != ckpt.progress.get("corpus", {}).get("fingerprint"):
+            new = (
+                f"; it has {corpus.skipped:,} character(s) the model's vocabulary lacks"
+                if corpus.skipped
+                else ""
+            )
             raise CharRNNError(
                 f"cannot resume: the corpus differs from the one {last} was trained on "
                 f"({', '.join(ckpt.progress['corpus']['names'])}, {ckpt.progress['corpus']['chars']:,} chars)"
+                + new
             )
         return Trainer(corpus, ckpt.model(), tcfg, out_dir, ckpt)
     tcfg = TrainConfig(**train_options)
