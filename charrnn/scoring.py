@@ -54,8 +54,16 @@ class Score:
         return d
 
 
+# positions (streams * T) of one window: few enough that each layer's activations stay in the CPU's
+# caches (2048 x 4H floats = 8 MiB for an LSTM of 256); longer windows only add memory traffic
+# (64 streams of a 2x256 LSTM: 1,008-step windows score 27k chars/s, 32-step ones 43k:
+# docs/BENCHMARKS.md)
+WINDOW_POSITIONS = 2048
+
+
 def _window_len(model: CharRNN, streams: int) -> int:
-    return max(16, WINDOW_ELEMENTS // (streams * model.config.vocab_size))
+    by_logits = WINDOW_ELEMENTS // (streams * model.config.vocab_size)
+    return max(16, min(by_logits, WINDOW_POSITIONS // streams))
 
 
 def _stream_nats(model: CharRNN, rows: list[np.ndarray], counted_from: np.ndarray) -> float:
