@@ -297,11 +297,12 @@ class TorchSide:
         return lambda: self.tb.sample(model, length, samples)
 
     def scorer(self, cfg: dict, ids: np.ndarray, streams: int):
-        from charrnn.scoring import WINDOW_ELEMENTS
+        from charrnn.scoring import WINDOW_ELEMENTS, WINDOW_POSITIONS
 
         model = self.tb.build(cfg)
         rows, counted = score_rows(ids, streams)
-        window = max(16, WINDOW_ELEMENTS // (len(rows) * cfg["vocab_size"]))  # as charrnn's
+        S = len(rows)  # the same windows as charrnn.scoring._window_len
+        window = max(16, min(WINDOW_ELEMENTS // (S * cfg["vocab_size"]), WINDOW_POSITIONS // S))
         return lambda: self.tb.score(model, rows, counted, window)
 
     def matmul_peak(self) -> float:
