@@ -54,8 +54,10 @@ demo: install corpora/python-stdlib.txt  ## train on Python's own source for a f
 	$(VENV)/bin/charrnn score -c checkpoints/demo corpora/python-heldout.txt README.md --unknown skip
 	@echo; echo "Checkpoints are in checkpoints/demo/ (best.npz, last.npz, metrics.jsonl)."
 
-stress: install  ## long fault-injection storms (kill -9, SIGINT, SIGTERM, disk full, fuzz)
-	$(PY) -m pytest -q -m stress tests
+stress: install  ## long fault-injection storms (kill -9, SIGINT, SIGTERM, disk full, fuzz); about 20 minutes
+	@$(PY) -c "import atheris" 2>/dev/null || $(PY) -m pip install -q atheris \
+	  || echo "note: atheris does not install here; the loader is fuzzed with hypothesis instead"
+	$(PY) -m pytest -q -s -m stress tests
 
 clean:  ## remove the venv, caches and generated corpora (checkpoints are kept)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info build dist corpora/.build

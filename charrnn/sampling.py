@@ -97,7 +97,13 @@ def generate(model: CharRNN, vocab: Vocab, opts: SampleOptions) -> Iterator[list
     tails = [""] * n
     done = np.zeros(n, dtype=bool)
     for _ in range(opts.length):
-        logits, state = model.step(ids, state)
+        with np.errstate(over="ignore", invalid="ignore"):
+            logits, state = model.step(ids, state)
+        if not np.isfinite(logits).all():  # sampling from NaN would quietly print garbage
+            raise CharRNNError(
+                "the model's outputs overflow (its weights are too large for floating-point "
+                "arithmetic), so the checkpoint cannot generate text"
+            )
         ids = choose(logits, opts, rng)
         pieces = []
         for k, i in enumerate(ids.tolist()):

@@ -15,6 +15,7 @@ Memory stays bounded: texts are encoded once (memory-mapped when large) and read
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from .vocab import Vocab
 
 # logits of one window are (streams * T, V); this caps that array (float32 elements)
 WINDOW_ELEMENTS = 1 << 22
+# exp() of more nats than this overflows a float: the perplexity would print as inf
+MAX_NATS_PER_CHAR = math.log(sys.float_info.max)
 
 
 @dataclass
@@ -91,6 +94,14 @@ def score_ids(
     n = len(ids)
     if n < 2:
         return 0.0, 0, 1
+    # a checkpoint's weights may be finite yet large enough to overflow the logits; the NaN
+    # that results is reported by _checked, not as a warning per window
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _score_streams(model, ids, streams, warmup)
+
+
+def _score_streams(model: CharRNN, ids: np.ndarray, streams: int, warmup: int) -> tuple[float, int, int]:
+    n = len(ids)
     W = warmup
     S = max(1, min(streams, (n - 1 - W) // (4 * W) if W else streams))
     if S == 1:
@@ -125,7 +136,23 @@ def score_file(
             f"nothing to score in {path}: it has {corpus.num_chars} character(s) the model knows,"
             " at least 2 are needed"
         )
-    return Score(str(path), chars, nats, corpus.skipped, used)
+    return _checked(Score(str(path), chars, nats, corpus.skipped, used))
+
+
+def _checked(score: Score) -> Score:
+    """A score whose every figure is a finite number, or CharRNNError saying why not."""
+    per_char = score.nats_per_char
+    if math.isnan(per_char):
+        raise CharRNNError(
+            f"cannot score {score.name}: the model's outputs overflow (its weights are too large for "
+            "floating-point arithmetic), so the checkpoint is unusable"
+        )
+    if per_char > MAX_NATS_PER_CHAR:
+        raise CharRNNError(
+            f"cannot score {score.name}: {per_char:.4g} nats/char, a perplexity beyond the largest "
+            "float; the model gives this text essentially zero probability"
+        )
+    return score
 
 
 def score_lines(
@@ -144,7 +171,7 @@ def score_lines(
         if len(ids) < 2:
             continue
         nats, chars, _ = score_ids(model, ids, streams=1)
-        scores.append(Score(f"{path}:{number}", chars, nats, skipped))
+        scores.append(_checked(Score(f"{path}:{number}", chars, nats, skipped)))
     if not scores:
         raise CharRNNError(f"nothing to score in {path}: no line has a character the model can predict")
     return scores
@@ -155,10 +182,11 @@ def surprisal(model: CharRNN, ids: np.ndarray) -> np.ndarray:
     out = np.full(len(ids), math.nan)
     T = _window_len(model, 1)
     state = None
-    for a in range(0, len(ids) - 1, T):
-        block = ids[a : a + T + 1].astype(np.int64)[None, :]
-        nats, state = model.nll(block[:, :-1], block[:, 1:], state)
-        out[a + 1 : a + block.shape[1]] = nats[0]
+    with np.errstate(over="ignore", invalid="ignore"):  # overflowing outputs show uncoloured (NaN)
+        for a in range(0, len(ids) - 1, T):
+            block = ids[a : a + T + 1].astype(np.int64)[None, :]
+            nats, state = model.nll(block[:, :-1], block[:, 1:], state)
+            out[a + 1 : a + block.shape[1]] = nats[0]
     return out
 
 

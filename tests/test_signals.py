@@ -107,6 +107,7 @@ def kill_storm(corpus: Path, out: Path, kills: int, seed: int) -> None:
     rng = random.Random(seed)
     save_every = 2
     last_step = 0
+    in_save = max_lost = 0
     for i in range(kills):
         args = ["--max-steps", 10**6, "--eval-every", 1, "--save-every", save_every, "--eval-chars", 64]
         resume = ["--resume"] if (out / "last.npz").exists() else []
@@ -121,6 +122,8 @@ def kill_storm(corpus: Path, out: Path, kills: int, seed: int) -> None:
         completed = max(metrics_steps(out), default=0)
         assert completed - step <= save_every, f"kill {i}: lost {completed - step} steps"
         last_step = step
+        in_save += any(".tmp-" in p.name for p in out.iterdir())  # killed between write and rename
+        max_lost = max(max_lost, completed - step)
     # the next start cleans up whatever temp files the kills left behind
     result = CliRunner().invoke(
         main, ["train", str(corpus), "-o", str(out), "--resume", "--max-steps", last_step + 1, "-q"]
@@ -128,6 +131,11 @@ def kill_storm(corpus: Path, out: Path, kills: int, seed: int) -> None:
     assert result.exit_code == 0, result.output
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
     assert last_step > 0
+    print(
+        f"\n[stress] kill -9 storm: {kills} kills, {in_save} inside a save (temp file left, cleaned at the "
+        f"next start), reached step {last_step}, at most {max_lost} completed steps lost (save interval "
+        f"{save_every}); every last.npz loaded"
+    )
 
 
 def test_kill_storm_short(corpus, tmp_path):
@@ -144,6 +152,7 @@ def test_kill_storm_long(corpus, tmp_path):
 def test_signal_storm(corpus, tmp_path, sig, code):
     rng = random.Random(3)
     out = tmp_path / "run"
+    saved = early = 0
     for _ in range(100):
         resume = ["--resume"] if (out / "last.npz").exists() else []
         proc = start(corpus, out, "--max-steps", 10**6, "--eval-every", 1, "--eval-chars", 64, *resume)
@@ -153,8 +162,15 @@ def test_signal_storm(corpus, tmp_path, sig, code):
         _, stderr = proc.communicate(timeout=60)
         if proc.returncode == code:
             assert load_checkpoint(out / "last.npz").progress["step"] >= before
+            saved += 1
         else:  # the signal came before training began (Python still importing): nothing to lose
             assert proc.returncode == -sig or "KeyboardInterrupt" in stderr, stderr
+            early += 1
+    step = load_checkpoint(out / "last.npz").progress["step"]
+    print(
+        f"\n[stress] {signal.Signals(sig).name} storm: 100 signals, {saved} saved and exited {code}, "
+        f"{early} before training began; reached step {step}, no completed step lost"
+    )
 
 
 def test_nan_loss_stops_without_writing_nan(corpus, tmp_path, monkeypatch):
