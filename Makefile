@@ -47,7 +47,7 @@ corpora/tinyshakespeare.txt:  ## download the standard 1.1 MB benchmark corpus
 
 demo: install corpora/python-stdlib.txt  ## train on Python's own source for a few minutes, then sample and score (about 5 minutes)
 	$(VENV)/bin/charrnn train corpora/python-stdlib.txt -o checkpoints/demo --max-time $(DEMO_TIME) \
-	  --eval-every 200 --save-every 200
+	  --model gru --eval-every 200 --save-every 200
 	@echo; echo "=== charrnn sample -c checkpoints/demo -n 700 -t 0.7 --seed 1"
 	$(VENV)/bin/charrnn sample -c checkpoints/demo -n 700 -t 0.7 --seed 1 --prime "def "
 	@echo; echo "=== charrnn score: held-out Python (never trained on) vs this README (English prose)"

@@ -100,9 +100,9 @@ def train(args) -> None:
             val = evaluate(model, val_ids, args.seq_len, args.batch_size)
             best = min(best, val)
             append_record(
-                metrics, {"step": step, "train_loss": float(loss), "val_loss": val, "elapsed": elapsed}
+                metrics, {"step": step, "train_loss": loss.item(), "val_loss": val, "elapsed": elapsed}
             )
-            print(f"step {step}  train {float(loss):.4f}  val {val:.4f}  {elapsed:.0f} s", flush=True)
+            print(f"step {step}  train {loss.item():.4f}  val {val:.4f}  {elapsed:.0f} s", flush=True)
     val = evaluate(model, val_ids, args.seq_len, args.batch_size)
     elapsed = time.monotonic() - started
     append_record(metrics, {"step": step, "val_loss": val, "elapsed": elapsed})
