@@ -87,13 +87,15 @@ class _StopFlag:
 
 def ensure_writable(out_dir: Path) -> None:
     """Fail before step 1, not after an hour of training, when checkpoints cannot be written."""
+    probe = out_dir / f".write-test-{os.getpid()}"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
         probe.write_bytes(b"ok")
-        probe.unlink()
     except OSError as e:
         raise CharRNNError(f"cannot write checkpoints to {out_dir}: {e.strerror or e}") from None
+    finally:  # a full disk creates the file and then fails to write it
+        with contextlib.suppress(OSError):
+            probe.unlink()
 
 
 def evaluate(model: CharRNN, ids: np.ndarray, seq_len: int, max_streams: int) -> float:

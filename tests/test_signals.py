@@ -155,7 +155,10 @@ def test_signal_storm(corpus, tmp_path, sig, code):
     saved = early = 0
     for _ in range(100):
         resume = ["--resume"] if (out / "last.npz").exists() else []
-        proc = start(corpus, out, "--max-steps", 10**6, "--eval-every", 1, "--eval-chars", 64, *resume)
+        # no epoch limit: 100 runs add up to more than the default 20 epochs of this corpus
+        proc = start(
+            corpus, out, "--max-steps", 10**6, "--epochs", 0, "--eval-every", 1, "--eval-chars", 64, *resume
+        )
         time.sleep(rng.uniform(0.7, 1.5))
         before = max(metrics_steps(out), default=0)
         proc.send_signal(sig)
