@@ -125,7 +125,7 @@ def main() -> None:
     ap.add_argument("--grad-clip", type=float, default=5.0)
     ap.add_argument("--val-frac", type=float, default=0.1)
     ap.add_argument("--max-time", type=float, default=180.0, help="seconds")
-    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--eval-every", type=int, default=400, help="as charrnn train")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     train(ap.parse_args())
