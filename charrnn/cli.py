@@ -17,7 +17,7 @@ from click.core import ParameterSource
 
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .clitypes import Duration, FiniteFloat
-from .config import CELLS, NONLINEARITIES
+from .config import CELLS, NONLINEARITIES, ModelConfig, TrainConfig
 from .errors import CharRNNError
 from .sampling import SampleOptions, generate
 from .scoring import render_surprisal, score_file, score_lines, surprisal, surprisal_legend
@@ -95,88 +95,104 @@ TRAIN_OPTIONS = (
 
 @main.command()
 @click.argument("corpus", nargs=-1, required=True, type=EXISTING_FILE)
-@click.option("--model", "cell", type=click.Choice(CELLS), default="lstm", show_default=True)
-@click.option("--hidden-size", type=click.IntRange(1, 8192), default=256, show_default=True)
-@click.option("--layers", "num_layers", type=click.IntRange(1, 16), default=2, show_default=True)
-@click.option("--dropout", type=FiniteFloat(0, 1, hi_open=True), default=0.0, show_default=True)
+@click.option("--model", "cell", type=click.Choice(CELLS), default=ModelConfig.cell, show_default=True)
+@click.option(
+    "--hidden-size", type=click.IntRange(1, 8192), default=ModelConfig.hidden_size, show_default=True
+)
+@click.option(
+    "--layers", "num_layers", type=click.IntRange(1, 16), default=ModelConfig.num_layers, show_default=True
+)
+@click.option(
+    "--dropout", type=FiniteFloat(0, 1, hi_open=True), default=ModelConfig.dropout, show_default=True
+)
 @click.option(
     "--embedding-size",
     type=click.IntRange(0, 8192),
     help="0 feeds one-hot characters straight into layer 0. Default: 0 for vocabularies of up to "
     "256 characters, 64 for larger ones.",
 )
-@click.option("--peephole/--no-peephole", default=False, help="LSTM peephole connections.")
+@click.option("--peephole/--no-peephole", default=ModelConfig.peephole, help="LSTM peephole connections.")
 @click.option(
     "--nonlinearity",
     type=click.Choice(NONLINEARITIES),
-    default="tanh",
+    default=ModelConfig.nonlinearity,
     show_default=True,
     help="Activation of the vanilla rnn cell.",
 )
 # 32 x 50 windows: 3.5 times the updates per second of 64 x 100 at 90% of the characters per
 # second, which reaches a given validation loss in far less time (docs/RESULTS.md)
-@click.option("--seq-len", type=click.IntRange(1, 100_000), default=50, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 65_536), default=32, show_default=True)
+@click.option("--seq-len", type=click.IntRange(1, 100_000), default=TrainConfig.seq_len, show_default=True)
+@click.option(
+    "--batch-size", type=click.IntRange(1, 65_536), default=TrainConfig.batch_size, show_default=True
+)
 @click.option(
     "--val-frac",
     type=FiniteFloat(0, 0.5),
-    default=0.1,
+    default=TrainConfig.val_frac,
     show_default=True,
     help="Fraction at the end of the text kept for validation.",
 )
-@click.option("--lr", type=FiniteFloat(0, 1, lo_open=True), default=2e-3, show_default=True)
+@click.option("--lr", type=FiniteFloat(0, 1, lo_open=True), default=TrainConfig.lr, show_default=True)
 @click.option(
     "--lr-decay",
     type=FiniteFloat(0, 1, lo_open=True),
-    default=1.0,
+    default=TrainConfig.lr_decay,
     show_default=True,
     help="Multiply the learning rate by this every --lr-decay-every steps.",
 )
-@click.option("--lr-decay-every", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--lr-decay-every", type=click.IntRange(0), default=TrainConfig.lr_decay_every, show_default=True
+)
 @click.option(
     "--plateau-patience",
     type=click.IntRange(0),
-    default=2,
+    default=TrainConfig.plateau_patience,
     show_default=True,
     help="Scale the learning rate by --plateau-factor after this many evaluations without a new "
     "best (0: off).",
 )
 @click.option(
-    "--plateau-factor", type=FiniteFloat(0, 1, lo_open=True, hi_open=True), default=0.5, show_default=True
+    "--plateau-factor",
+    type=FiniteFloat(0, 1, lo_open=True, hi_open=True),
+    default=TrainConfig.plateau_factor,
+    show_default=True,
 )
 @click.option(
     "--grad-clip",
     type=FiniteFloat(0),
-    default=5.0,
+    default=TrainConfig.grad_clip,
     show_default=True,
     help="Global gradient norm limit (0: off).",
 )
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
-@click.option("--epochs", type=FiniteFloat(0, 1e6), default=20.0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=TrainConfig.seed, show_default=True)
+@click.option("--epochs", type=FiniteFloat(0, 1e6), default=TrainConfig.epochs, show_default=True)
 @click.option(
     "--max-steps",
     type=click.IntRange(0),
-    default=0,
+    default=TrainConfig.max_steps,
     help="Stop after this many steps in total (0: no limit).",
 )
 @click.option(
-    "--max-time", type=Duration(), default=0, help="Stop after this long, e.g. 90s, 20m, 2h (0: no limit)."
+    "--max-time",
+    type=Duration(),
+    default=TrainConfig.max_time,
+    help="Stop after this long, e.g. 90s, 20m, 2h (0: no limit).",
 )
 @click.option(
     "--patience",
     type=click.IntRange(0),
-    default=5,
+    default=TrainConfig.patience,
     show_default=True,
     help="Stop after this many evaluations without a new best validation loss (0: never).",
 )
-@click.option("--eval-every", type=click.IntRange(1), default=400, show_default=True)
+@click.option("--eval-every", type=click.IntRange(1), default=TrainConfig.eval_every, show_default=True)
 @click.option(
     "--eval-chars",
     type=click.IntRange(0),
-    default=0,
+    default=TrainConfig.eval_chars,
     help="Validate on at most this many characters (0: all).",
 )
-@click.option("--save-every", type=click.IntRange(0), default=200, show_default=True)
+@click.option("--save-every", type=click.IntRange(0), default=TrainConfig.save_every, show_default=True)
 @click.option(
     "-o",
     "--output",

@@ -58,7 +58,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How a model is trained. Times are seconds; 0 disables a limit or a schedule."""
+    """How a model is trained; the defaults are `charrnn train`'s (the CLI reads them from here).
+    Times are seconds; 0 disables a limit or a schedule."""
 
     seq_len: int = 50
     batch_size: int = 32
@@ -66,14 +67,14 @@ class TrainConfig:
     lr_decay: float = 1.0
     lr_decay_every: int = 0
     plateau_factor: float = 0.5
-    plateau_patience: int = 0
+    plateau_patience: int = 2
     grad_clip: float = 5.0
     val_frac: float = 0.1
     seed: int = 0
-    epochs: float = 0.0
+    epochs: float = 20.0
     max_steps: int = 0
     max_time: float = 0.0
-    patience: int = 0
+    patience: int = 5
     eval_every: int = 400
     eval_chars: int = 0
     save_every: int = 200

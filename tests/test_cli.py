@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from charrnn.checkpoint import load_checkpoint
 from charrnn.cli import main
+from charrnn.config import TrainConfig
 
 TINY = ["--hidden-size", "16", "--layers", "1", "--seq-len", "16", "--batch-size", "4", "-q"]
 
@@ -198,6 +199,21 @@ def cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
         cwd=cwd,
         env=full_env,
     )
+
+
+def test_init_from_fine_tunes_with_the_cli_defaults(corpus, run_dir, tmp_path):
+    out = tmp_path / "tuned"
+    result = run("train", corpus, "--init-from", run_dir / "best.npz", "-o", out, "--max-steps", 1, "-q")
+    assert result.exit_code == 0, result.output
+    source, tuned = load_checkpoint(run_dir / "best.npz"), load_checkpoint(out / "last.npz")
+    assert tuned.progress["step"] == 1  # a new run that starts from the weights, not a resume
+    assert tuned.model_config == source.model_config
+    # options not typed take the same defaults as a new run (they once fell back to "no limit")
+    expected = TrainConfig(max_steps=1)
+    assert tuned.train_config == expected
+    assert (expected.epochs, expected.patience, expected.plateau_patience) == (20.0, 5, 2)
+    moved = max(np.abs(tuned.params[k] - source.params[k]).max() for k in source.params)
+    assert 0 < moved < 0.05  # one Adam step from the source weights, not a fresh initialisation
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
