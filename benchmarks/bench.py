@@ -297,12 +297,11 @@ class TorchSide:
         return lambda: self.tb.sample(model, length, samples)
 
     def scorer(self, cfg: dict, ids: np.ndarray, streams: int):
-        from charrnn.scoring import WINDOW_ELEMENTS, WINDOW_POSITIONS
+        from charrnn.scoring import window_len
 
         model = self.tb.build(cfg)
         rows, counted = score_rows(ids, streams)
-        S = len(rows)  # the same windows as charrnn.scoring._window_len
-        window = max(16, min(WINDOW_ELEMENTS // (S * cfg["vocab_size"]), WINDOW_POSITIONS // S))
+        window = window_len(cfg["vocab_size"], len(rows))  # charrnn's windows
         return lambda: self.tb.score(model, rows, counted, window)
 
     def matmul_peak(self) -> float:

@@ -64,8 +64,9 @@ class Score:
 WINDOW_POSITIONS = 2048
 
 
-def _window_len(model: CharRNN, streams: int) -> int:
-    by_logits = WINDOW_ELEMENTS // (streams * model.config.vocab_size)
+def window_len(vocab_size: int, streams: int) -> int:
+    """Steps per scoring window for `streams` parallel streams."""
+    by_logits = WINDOW_ELEMENTS // (streams * vocab_size)
     return max(16, min(by_logits, WINDOW_POSITIONS // streams))
 
 
@@ -73,7 +74,7 @@ def _stream_nats(model: CharRNN, rows: list[np.ndarray], counted_from: np.ndarra
     """Total nats over equal-length rows of ids scored in parallel with carried state; in row s
     only targets at positions >= counted_from[s] count."""
     length = len(rows[0]) - 1
-    T = _window_len(model, len(rows))
+    T = window_len(model.config.vocab_size, len(rows))
     total, state = 0.0, None
     for a in range(0, length, T):
         b = min(a + T + 1, length + 1)
@@ -180,7 +181,7 @@ def score_lines(
 def surprisal(model: CharRNN, ids: np.ndarray) -> np.ndarray:
     """Nats of each character given all before it (exact). ids (n,) -> (n,), the first NaN."""
     out = np.full(len(ids), math.nan)
-    T = _window_len(model, 1)
+    T = window_len(model.config.vocab_size, 1)
     state = None
     with np.errstate(over="ignore", invalid="ignore"):  # overflowing outputs show uncoloured (NaN)
         for a in range(0, len(ids) - 1, T):
