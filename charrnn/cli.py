@@ -89,7 +89,7 @@ MODEL_OPTIONS = ("cell", "hidden_size", "num_layers", "dropout", "embedding_size
 TRAIN_OPTIONS = (
     "seq_len", "batch_size", "lr", "lr_decay", "lr_decay_every", "plateau_factor", "plateau_patience",
     "grad_clip", "val_frac", "seed", "epochs", "max_steps", "max_time", "patience", "eval_every",
-    "eval_chars", "save_every",
+    "eval_chars", "save_every", "workers",
 )  # fmt: skip
 
 
@@ -193,6 +193,13 @@ TRAIN_OPTIONS = (
     help="Validate on at most this many characters (0: all).",
 )
 @click.option("--save-every", type=click.IntRange(0), default=TrainConfig.save_every, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 1024),
+    default=TrainConfig.workers,
+    help="Processes that share each step's streams, one BLAS thread each (0: one per CPU core, "
+    "at most one per 8 streams; 1: no worker processes).",
+)
 @click.option(
     "-o",
     "--output",

@@ -78,6 +78,7 @@ class TrainConfig:
     eval_every: int = 400
     eval_chars: int = 0
     save_every: int = 200
+    workers: int = 0  # processes sharing each step's streams; 0: one per core (parallel.auto_workers)
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8

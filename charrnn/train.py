@@ -36,6 +36,7 @@ from .errors import CharRNNError, CheckpointError
 from .functional import bits_per_char
 from .model import CharRNN
 from .optim import Adam, LRSchedule, clip_grad_norm
+from .parallel import DataParallel, auto_workers
 from .text import TextPolicy
 
 # Options that may differ on --resume: they say how long and how often, not what is learnt.
@@ -49,6 +50,7 @@ RESUMABLE_OVERRIDES = (
     "eval_every",
     "eval_chars",
     "save_every",
+    "workers",
 )
 
 
@@ -205,6 +207,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
+    def workers(self) -> int:
+        t = self.tcfg
+        return min(t.workers or auto_workers(t.batch_size), t.batch_size)
+
+    def gradient_source(self):
+        """A context giving the object whose loss_and_grads computes each step: the model
+        itself, or worker processes sharing the batch's streams."""
+        if self.workers() < 2:
+            return contextlib.nullcontext(self.model)
+        return DataParallel(self.model, self.tcfg.batch_size, self.tcfg.seq_len, self.workers())
+
     def stop_reason(self, started: float) -> str | None:
         t, p = self.tcfg, self.progress
         if t.max_steps and p["step"] >= t.max_steps:
@@ -237,14 +250,14 @@ class Trainer:
         )
         loss_sum, loss_n, norm, last = 0.0, 0, 0.0, {}
         reason = None
-        with _StopFlag() as stop, bar:
+        with _StopFlag() as stop, bar, self.gradient_source() as source:
             while True:
                 reason = self.stop_reason(started) or (stop.signum and signal.Signals(stop.signum).name)
                 if reason:
                     break
                 x, y = self.batches.window(p["window"])
                 lr = self.schedule.lr(p["step"])
-                loss, grads, state = model.loss_and_grads(
+                loss, grads, state = source.loss_and_grads(
                     x, y, self.state, self.rng if model.config.dropout else None
                 )
                 norm = clip_grad_norm(grads, t.grad_clip)

@@ -216,10 +216,12 @@ def test_init_from_fine_tunes_with_the_cli_defaults(corpus, run_dir, tmp_path):
     assert 0 < moved < 0.05  # one Adam step from the source weights, not a fresh initialisation
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_resume_is_bitwise_exact(corpus, tmp_path, cell):
+@pytest.mark.parametrize("cell, workers", [("lstm", 1), ("gru", 1), ("lstm", 2)])
+def test_resume_is_bitwise_exact(corpus, tmp_path, cell, workers):
     common = [
         *TINY,
+        "--workers",
+        workers,
         "--model",
         cell,
         "--dropout",

@@ -48,13 +48,14 @@ def corpus(tmp_path_factory) -> Path:
     return path
 
 
-def start(corpus, out, *extra, env=None) -> subprocess.Popen:
+def start(corpus, out, *extra, env=None, new_session=False) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "charrnn", "train", str(corpus), "-o", str(out), *TINY, *map(str, extra)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ, OPENBLAS_NUM_THREADS="1", **(env or {})),
+        start_new_session=new_session,
     )
 
 
@@ -88,6 +89,41 @@ def test_signal_saves_and_exits(corpus, tmp_path, sig, code):
     done = int(re.search(r"stopped after step (\d+)", stderr).group(1))
     ckpt = load_checkpoint(out / "last.npz")
     assert ckpt.progress["step"] == done >= metrics_steps(out)[-1]  # zero completed steps lost
+
+
+def group_gone(pgid: int, timeout: float = 15) -> bool:
+    """True once no process of the group is left (zombies of a reaped parent excepted)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_ctrl_c_with_workers_saves_and_leaves_no_process(corpus, tmp_path):
+    out = tmp_path / "run"
+    # Ctrl-C in a terminal signals the whole process group: the workers ignore it, the parent saves
+    proc = start(corpus, out, "--max-steps", 10**6, "--eval-every", 3, "--workers", 2, new_session=True)
+    wait_for_step(out, proc, 6)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    done = int(re.search(r"stopped after step (\d+)", stderr).group(1))
+    assert load_checkpoint(out / "last.npz").progress["step"] == done >= metrics_steps(out)[-1]
+    assert group_gone(proc.pid)
+
+
+def test_workers_exit_when_the_parent_is_killed(corpus, tmp_path):
+    out = tmp_path / "run"
+    proc = start(corpus, out, "--max-steps", 10**6, "--eval-every", 3, "--workers", 2, new_session=True)
+    wait_for_step(out, proc, 3)
+    proc.kill()
+    proc.communicate()
+    assert group_gone(proc.pid)
 
 
 def test_second_interrupt_during_save_is_harmless(corpus, tmp_path):

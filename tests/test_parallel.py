@@ -1,0 +1,102 @@
+"""Data-parallel training: worker processes over row blocks compute what one process computes."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from charrnn.config import ModelConfig
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN
+from charrnn.parallel import DataParallel, auto_workers, split_rows
+
+N, T, V = 9, 7, 20
+
+
+def window(rng):
+    return rng.integers(V, size=(N, T)), rng.integers(V, size=(N, T))
+
+
+def random_state(model, rng):
+    return tuple(tuple(rng.standard_normal(s.shape) for s in layer) for layer in model.initial_state(N))
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(cell="lstm", num_layers=2, hidden_size=12),
+        dict(cell="gru", num_layers=2, hidden_size=12, embedding_size=5),
+        dict(cell="rnn", num_layers=1, hidden_size=12),
+        dict(cell="lstm", num_layers=1, hidden_size=12, peephole=True),
+    ],
+)
+@pytest.mark.parametrize("workers", [2, 3])
+def test_workers_equal_one_process(cfg, workers):
+    rng = np.random.default_rng(0)
+    model = CharRNN.create(ModelConfig(vocab_size=V, **cfg), seed=1, dtype=np.float64)
+    x, y = window(rng)
+    for state in (None, random_state(model, rng)):
+        loss, grads, new_state = model.loss_and_grads(x, y, state)
+        with DataParallel(model, N, T, workers) as dp:
+            p_loss, p_grads, p_state = dp.loss_and_grads(x, y, state)
+            assert p_loss == pytest.approx(loss, rel=1e-12)
+            for name, g in grads.items():
+                np.testing.assert_allclose(p_grads[name], g, rtol=1e-10, atol=1e-13, err_msg=name)
+            for layer, p_layer in zip(new_state, p_state):
+                for s, p in zip(layer, p_layer):
+                    np.testing.assert_allclose(p, s, rtol=1e-12, atol=1e-14)
+
+
+def test_workers_read_the_updated_weights_and_hand_them_back():
+    rng = np.random.default_rng(0)
+    model = CharRNN.create(ModelConfig(vocab_size=V, hidden_size=8, num_layers=1), dtype=np.float64)
+    x, y = window(rng)
+    with DataParallel(model, N, T, 2) as dp:
+        before, _, _ = dp.loss_and_grads(x, y)
+        model.params["Wy"] *= 3.0  # an in-place update, as Adam's
+        after, _, _ = dp.loss_and_grads(x, y)
+        assert after == pytest.approx(model.loss_and_grads(x, y)[0], rel=1e-12)
+        assert after != pytest.approx(before)
+    assert all(p.flags.owndata for p in model.params.values())  # no view of the closed shared memory
+    assert model.loss_and_grads(x, y)[0] == pytest.approx(after, rel=1e-12)
+
+
+def test_dropout_is_reproducible_from_the_parents_generator():
+    rng = np.random.default_rng(0)
+    model = CharRNN.create(ModelConfig(vocab_size=V, hidden_size=8, dropout=0.5), dtype=np.float64)
+    x, y = window(rng)
+    with DataParallel(model, N, T, 2) as dp:
+        a = dp.loss_and_grads(x, y, None, np.random.default_rng(5))[0]
+        b = dp.loss_and_grads(x, y, None, np.random.default_rng(5))[0]
+        c = dp.loss_and_grads(x, y, None, np.random.default_rng(6))[0]
+    assert a == b and a != c
+
+
+def test_a_dead_worker_is_one_clear_error():
+    rng = np.random.default_rng(0)
+    model = CharRNN.create(ModelConfig(vocab_size=V, hidden_size=8, num_layers=1))
+    x, y = window(rng)
+    with DataParallel(model, N, T, 2) as dp:
+        dp.loss_and_grads(x, y)
+        os.kill(dp.procs[1].pid, signal.SIGKILL)
+        with pytest.raises(CharRNNError, match=r"training worker 1 stopped \(signal 9\)"):
+            dp.loss_and_grads(x, y)
+
+
+def test_a_failing_worker_reports_its_error():
+    rng = np.random.default_rng(0)
+    model = CharRNN.create(ModelConfig(vocab_size=V, hidden_size=8, num_layers=1))
+    x, y = window(rng)
+    x[-1, 0] = V + 5  # an id past the vocabulary, in the second worker's rows
+    with DataParallel(model, N, T, 2) as dp, pytest.raises(CharRNNError, match="worker 1 failed: IndexError"):
+        dp.loss_and_grads(x, y)
+
+
+def test_split_rows_and_auto_workers():
+    assert split_rows(9, 2) == [slice(0, 4), slice(4, 9)]
+    assert [s.stop - s.start for s in split_rows(10, 3)] == [3, 3, 4]
+    assert auto_workers(4) == 1  # too few rows to split
+    assert 1 <= auto_workers(4096) <= (os.cpu_count() or 1)
