@@ -7,10 +7,14 @@ What runs (batch 64, seq 100, float32, Adam lr 2e-3, global-norm clipping 5, sta
     sampling  chars/s   LSTM 2x256 and 2x512 at batch 1 (what `charrnn sample` does), 2x256 with 16
                         samples; temperature 1, every character drawn from the full softmax
     scoring   chars/s   LSTM 2x256, exact (one stream) and 64 parallel streams (200-char warm-up)
-    memory              peak RSS of a training process, and saved activations per character
+    memory              peak RSS of a training process (charrnn: summed over its worker processes),
+                        and saved activations per character
 Each framework runs in its own worker process (so RSS is per framework, and OpenBLAS threads and
-torch.set_num_threads are both set to --threads). Every measurement is repeated --rounds times,
-alternating which framework goes first, and the table gives medians and charrnn / torch ratios.
+torch.set_num_threads are both set to --threads). charrnn trains as `charrnn train` does: with
+--threads cores it starts that many worker processes of one BLAS thread each (charrnn.parallel),
+at most one per 8 of the 64 streams; sampling and scoring run in the one process. Every
+measurement is repeated --rounds times, alternating which framework goes first, and the table
+gives medians and charrnn / torch ratios.
 
 FLOPs per character (training) count only matrix products, from the model's shapes: a product of
 (M, K) by (K, N) is 2 M K N FLOPs. Per character and layer, the input projection costs 2 D G
@@ -174,12 +178,15 @@ def score_rows(ids: np.ndarray, streams: int, warmup: int = 200) -> tuple[np.nda
 # ---------------------------------------------------------------------------- workers
 
 
-def rss_kib(field: str) -> int:
-    """VmRSS (now) or VmHWM (peak) of this process in KiB, from /proc (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
+def rss_kib(field: str, pids=("self",)) -> int:
+    """VmRSS (now) or VmHWM (peak) in KiB, summed over processes, from /proc (Linux). Pages
+    shared between them (charrnn's weights in shared memory) count once per process."""
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                total += int(line.split()[1])
+    return total
 
 
 def timed(fn, chars_per_call: int, min_time: float) -> dict:
@@ -196,27 +203,33 @@ class CharrnnSide:
 
     name = "charrnn"
 
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
+    def __init__(self, workdir: Path, threads: int):
+        self.workdir, self.threads = workdir, threads
 
     def trainer(self, cfg: dict, ids: np.ndarray):
+        """One training step as `charrnn train` runs it: with --threads cores, worker processes
+        with one BLAS thread each share the streams (charrnn.parallel)."""
         from charrnn.config import ModelConfig
         from charrnn.data import Batches
         from charrnn.model import CharRNN
         from charrnn.optim import Adam, clip_grad_norm
+        from charrnn.parallel import DataParallel, auto_workers
 
         model = CharRNN.create(ModelConfig(**cfg))
+        workers = auto_workers(BATCH, self.threads)
+        source = DataParallel(model, BATCH, SEQ, workers) if workers > 1 else model
         adam, batches = Adam(model.params), Batches(ids, BATCH, SEQ)
         run = {"state": None, "window": 0}
 
         def step():
             x, y = batches.window(run["window"])
             run["window"] += 1
-            loss, grads, run["state"] = model.loss_and_grads(x, y, run["state"])
+            loss, grads, run["state"] = source.loss_and_grads(x, y, run["state"])
             clip_grad_norm(grads, CLIP)
             adam.update(model.params, grads, LR)
 
         step.batches, step.model = batches, model
+        step.pids = ["self"] + [p.pid for p in getattr(source, "procs", [])]
         return step
 
     def saved_bytes(self, step) -> int:
@@ -271,7 +284,7 @@ class TorchSide:
 
     name = "torch"
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, threads: int):
         import torch_baseline as tb
 
         self.tb, self.workdir = tb, workdir
@@ -356,10 +369,11 @@ def memory_probe(side, req: dict, data: dict) -> dict:
     """A fresh process trains 3 steps: RSS before the first step and at its peak, in MiB, and
     the bytes per character the forward keeps for backward."""
     step = side.trainer(req["cfg"], data[req["data"]])
-    before = rss_kib("VmRSS")
+    pids = getattr(step, "pids", ["self"])  # charrnn's worker processes count too
+    before = rss_kib("VmRSS", pids)
     for _ in range(3):
         step()
-    peak = rss_kib("VmHWM")
+    peak = rss_kib("VmHWM", pids)
     saved = side.saved_bytes(step)
     return {"rss_before": before / 1024, "rss_peak": peak / 1024, "saved_per_char": saved / (BATCH * SEQ)}
 
@@ -540,7 +554,7 @@ def main(argv=None) -> None:
 
             torch_baseline.set_threads(args.threads)
         side = CharrnnSide if args.worker == "charrnn" else TorchSide
-        serve(side(args.workdir), args.workdir, args.min_time)
+        serve(side(args.workdir, args.threads), args.workdir, args.min_time)
         return
     if args.corpus is None:
         p.error("--corpus is required")

@@ -45,10 +45,10 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def auto_workers(batch_size: int) -> int:
-    """The worker count `--workers 0` means: one per available core, at most one per
-    MIN_ROWS_PER_WORKER rows; 1 runs in-process."""
-    return max(1, min(available_cpus(), batch_size // MIN_ROWS_PER_WORKER))
+def auto_workers(batch_size: int, cpus: int | None = None) -> int:
+    """The worker count `--workers 0` means: one per core (available ones unless `cpus` is
+    given), at most one per MIN_ROWS_PER_WORKER rows; 1 runs in-process."""
+    return max(1, min(cpus or available_cpus(), batch_size // MIN_ROWS_PER_WORKER))
 
 
 def split_rows(n: int, parts: int) -> list[slice]:
