@@ -57,6 +57,14 @@ def split_rows(n: int, parts: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
+def parallel_or_model(model: CharRNN, batch_size: int, seq_len: int, workers: int):
+    """A context giving what computes loss_and_grads and nll: DataParallel for 2 or more
+    workers, else the model itself."""
+    if workers < 2:
+        return contextlib.nullcontext(model)
+    return DataParallel(model, batch_size, seq_len, workers)
+
+
 class Arena:
     """Named arrays laid out in one shared memory file. spec: {name: [shape, dtype]}."""
 
@@ -102,20 +110,22 @@ def _nest(flat: list[np.ndarray], num_layers: int) -> tuple:
 
 
 class DataParallel:
-    """`loss_and_grads` of a model, computed by `workers` processes over row blocks.
+    """`loss_and_grads` and `nll` of a model over windows of batch_size rows and at most
+    seq_len steps, computed by `workers` processes over row blocks.
 
     The model's params are moved into shared memory for the life of this object; close() (or
     leaving the `with` block) stops the workers and gives the model private copies again. The
     returned grads are buffers reused by the next call."""
 
     def __init__(self, model: CharRNN, batch_size: int, seq_len: int, workers: int):
-        self.model, self.rows = model, split_rows(batch_size, workers)
+        self.model, self.rows, self.seq_len = model, split_rows(batch_size, workers), seq_len
         self.weights = [(r.stop - r.start) / batch_size for r in self.rows]
         H, dt = model.config.hidden_size, model.dtype.str
         spec = {name: [list(p.shape), p.dtype.str] for name, p in model.params.items()}
         for w, r in enumerate(self.rows):
             n = r.stop - r.start
-            spec.update({f"w{w}.x": [[n, seq_len], "<i8"], f"w{w}.y": [[n, seq_len], "<i8"]})
+            spec.update({f"w{w}.{v}": [[n, seq_len], "<i8"] for v in ("x", "y")})
+            spec[f"w{w}.nats"] = [[n, seq_len], "<f8"]
             spec.update({f"w{w}.g.{name}": [list(p.shape), p.dtype.str] for name, p in model.params.items()})
             spec.update({name: [[n, H], dt] for name in _state_names(model, w)})
         self.arena = Arena.create(spec)
@@ -173,24 +183,42 @@ class DataParallel:
         how = f"signal {-code}" if code < 0 else f"exit status {code}"
         return CharRNNError(f"training worker {w} stopped ({how}); the weights were not updated")
 
-    def loss_and_grads(self, x, y, state=None, rng=None):
-        """As CharRNN.loss_and_grads, over every worker's rows. x, y (N, T)."""
-        a = self.arena
+    def _run(self, op: str, x, y, state, rng) -> list[dict]:
+        """Hand every worker its rows of x, y (N, t <= seq_len) and state; -> their replies."""
+        if x.shape[0] != self.rows[-1].stop or x.shape[1] > self.seq_len:
+            raise ValueError(f"a window of {x.shape} does not fit workers made for {self.rows[-1].stop} rows")
+        a, t = self.arena, x.shape[1]
         flat = [] if state is None else [s for layer in state for s in layer]
         for w, r in enumerate(self.rows):
-            a[f"w{w}.x"][...], a[f"w{w}.y"][...] = x[r], y[r]
+            a[f"w{w}.x"][:, :t], a[f"w{w}.y"][:, :t] = x[r], y[r]
             for name, s in zip(_state_names(self.model, w), flat):
                 a[name][...] = s[r]
             seed = None if rng is None else int(rng.integers(2**63))
-            self._send(w, {"state": state is not None, "seed": seed})
-        loss = sum(share * self._reply(w)["loss"] for w, share in enumerate(self.weights))
+            self._send(w, {"op": op, "t": t, "state": state is not None, "seed": seed})
+        return [self._reply(w) for w in range(len(self.rows))]
+
+    def _state(self) -> tuple:
+        """The final state of the last call, the workers' rows joined: fresh arrays."""
+        parts = [[self.arena[name] for name in _state_names(self.model, w)] for w in range(len(self.rows))]
+        return _nest([np.concatenate(rows) for rows in zip(*parts)], self.model.config.num_layers)
+
+    def loss_and_grads(self, x, y, state=None, rng=None):
+        """As CharRNN.loss_and_grads, over every worker's rows. x, y (N, t)."""
+        replies = self._run("grads", x, y, state, rng)
+        loss = sum(share * reply["loss"] for share, reply in zip(self.weights, replies))
+        a = self.arena
         for name, g in self.grads.items():
             np.multiply(a[f"w0.g.{name}"], self.weights[0], out=g)
             for w in range(1, len(self.rows)):
                 g += self.weights[w] * a[f"w{w}.g.{name}"]
-        parts = [[a[name] for name in _state_names(self.model, w)] for w in range(len(self.rows))]
-        flat = [np.concatenate(rows) for rows in zip(*parts)]  # each (N, H)
-        return loss, self.grads, _nest(flat, self.model.config.num_layers)
+        return loss, self.grads, self._state()
+
+    def nll(self, x, y, state=None):
+        """As CharRNN.nll, over every worker's rows. x, y (N, t) -> (N, t) float64, state."""
+        self._run("nll", x, y, state, None)
+        t = x.shape[1]
+        nats = np.concatenate([self.arena[f"w{w}.nats"][:, :t] for w in range(len(self.rows))])
+        return nats, self._state()
 
     def close(self) -> None:
         for f in self.socks:
@@ -239,13 +267,22 @@ def _worker(sock_fd: int, mem_fd: int) -> None:
             state = (
                 _nest([arena[name] for name in state_names], config.num_layers) if request["state"] else None
             )
-            rng = None if request["seed"] is None else np.random.default_rng(request["seed"])
-            loss, grads, new_state = model.loss_and_grads(arena[f"w{w}.x"], arena[f"w{w}.y"], state, rng)
-            for name, g in grads.items():
-                arena[f"w{w}.g.{name}"][...] = g
+            t = request["t"]
+            x, y = arena[f"w{w}.x"][:, :t], arena[f"w{w}.y"][:, :t]
+            if request["op"] == "nll":
+                # overflowing weights give NaN, which the parent reports; no warning per window
+                with np.errstate(over="ignore", invalid="ignore"):
+                    arena[f"w{w}.nats"][:, :t], new_state = model.nll(x, y, state)
+                reply = {}
+            else:
+                rng = None if request["seed"] is None else np.random.default_rng(request["seed"])
+                loss, grads, new_state = model.loss_and_grads(x, y, state, rng)
+                for name, g in grads.items():
+                    arena[f"w{w}.g.{name}"][...] = g
+                reply = {"loss": loss}
             for name, s in zip(state_names, (s for layer in new_state for s in layer)):
                 arena[name][...] = s
-            answer({"loss": loss})
+            answer(reply)
         except MemoryError:
             answer({"error": "out of memory"})
         except Exception as e:  # reported by the parent as one line

@@ -25,6 +25,7 @@ from .data import load_corpus
 from .errors import CharRNNError
 from .functional import bits_per_char, perplexity
 from .model import CharRNN
+from .parallel import auto_workers, parallel_or_model
 from .text import TextPolicy, read_text
 from .vocab import Vocab
 
@@ -64,60 +65,71 @@ class Score:
 WINDOW_POSITIONS = 2048
 
 
+# texts shorter than this are scored in one process: starting workers takes about half a second
+PARALLEL_MIN_CHARS = 100_000
+
+
 def window_len(vocab_size: int, streams: int) -> int:
     """Steps per scoring window for `streams` parallel streams."""
     by_logits = WINDOW_ELEMENTS // (streams * vocab_size)
     return max(16, min(by_logits, WINDOW_POSITIONS // streams))
 
 
-def _stream_nats(model: CharRNN, rows: list[np.ndarray], counted_from: np.ndarray) -> float:
-    """Total nats over equal-length rows of ids scored in parallel with carried state; in row s
-    only targets at positions >= counted_from[s] count."""
+def _stream_nats(runner, rows: list[np.ndarray], counted_from: np.ndarray, T: int) -> float:
+    """Total nats over equal-length rows of ids scored in parallel with carried state, T steps
+    at a time by runner.nll (the model or its DataParallel); in row s only targets at positions
+    >= counted_from[s] count."""
     length = len(rows[0]) - 1
-    T = window_len(model.config.vocab_size, len(rows))
     total, state = 0.0, None
     for a in range(0, length, T):
         b = min(a + T + 1, length + 1)
         block = np.stack([r[a:b] for r in rows]).astype(np.int64)  # (S, t + 1)
-        nats, state = model.nll(block[:, :-1], block[:, 1:], state)  # (S, t)
+        nats, state = runner.nll(block[:, :-1], block[:, 1:], state)  # (S, t)
         positions = np.arange(a, b - 1)
         total += float(nats[positions[None, :] >= counted_from[:, None]].sum())
     return total
 
 
 def score_ids(
-    model: CharRNN, ids: np.ndarray, streams: int = 64, warmup: int = 200
+    model: CharRNN, ids: np.ndarray, streams: int = 64, warmup: int = 200, workers: int = 0
 ) -> tuple[float, int, int]:
     """Total nats of ids[1:] given what precedes each. -> (nats, chars scored, streams used).
 
     streams 1 is exact. Fewer streams are used when segments would be shorter than 4 * warmup,
-    so the warm-up never costs more than a quarter of the work."""
+    so the warm-up never costs more than a quarter of the work. The streams are shared among
+    `workers` processes (0: parallel.auto_workers) when the text has PARALLEL_MIN_CHARS."""
     n = len(ids)
     if n < 2:
         return 0.0, 0, 1
     # a checkpoint's weights may be finite yet large enough to overflow the logits; the NaN
     # that results is reported by _checked, not as a warning per window
     with np.errstate(over="ignore", invalid="ignore"):
-        return _score_streams(model, ids, streams, warmup)
+        return _score_streams(model, ids, streams, warmup, workers)
 
 
-def _score_streams(model: CharRNN, ids: np.ndarray, streams: int, warmup: int) -> tuple[float, int, int]:
+def _score_streams(
+    model: CharRNN, ids: np.ndarray, streams: int, warmup: int, workers: int
+) -> tuple[float, int, int]:
     n = len(ids)
     W = warmup
     S = max(1, min(streams, (n - 1 - W) // (4 * W) if W else streams))
+    single = window_len(model.config.vocab_size, 1)
     if S == 1:
-        return _stream_nats(model, [ids], np.zeros(1, np.int64)), n - 1, 1
+        return _stream_nats(model, [ids], np.zeros(1, np.int64), single), n - 1, 1
     L = (n - 1 - W) // S
     # stream 0 starts at the text's start, so its first W targets count; the others begin W
     # characters before their segment and count only the segment
     starts = [0] + [W + s * L - W for s in range(1, S)]
     rows = [ids[q : q + W + L + 1] for q in starts]
     counted = np.array([0] + [W] * (S - 1))
-    total = _stream_nats(model, rows, counted)
+    T = window_len(model.config.vocab_size, S)
+    workers = min(workers or auto_workers(S), S) if n >= PARALLEL_MIN_CHARS else 1
+    with parallel_or_model(model, S, T, workers) as runner:
+        total = _stream_nats(runner, rows, counted, T)
     end = W + S * L  # last input position scored by the streams
     if end < n - 1:  # a tail shorter than S characters: one stream, with its warm-up
         q = max(0, end - W)
-        total += _stream_nats(model, [ids[q:]], np.array([end - q]))
+        total += _stream_nats(model, [ids[q:]], np.array([end - q]), single)
     return total, n - 1, S
 
 

@@ -36,7 +36,7 @@ from .errors import CharRNNError, CheckpointError
 from .functional import bits_per_char
 from .model import CharRNN
 from .optim import Adam, LRSchedule, clip_grad_norm
-from .parallel import DataParallel, auto_workers
+from .parallel import auto_workers, parallel_or_model
 from .text import TextPolicy
 
 # Options that may differ on --resume: they say how long and how often, not what is learnt.
@@ -100,14 +100,15 @@ def ensure_writable(out_dir: Path) -> None:
             probe.unlink()
 
 
-def evaluate(model: CharRNN, ids: np.ndarray, seq_len: int, max_streams: int) -> float:
+def evaluate(model: CharRNN, ids: np.ndarray, seq_len: int, max_streams: int, runner=None) -> float:
     """Mean validation loss in nats/char with its own zero state: the training state is never
-    touched (torch-rnn #38)."""
+    touched (torch-rnn #38). `runner` (the training's DataParallel) computes the windows of
+    max_streams rows."""
     total, count, state = 0.0, 0, None
     for x, y in eval_windows(ids, seq_len, max_streams):
         if state is not None and state[0][0].shape[0] != x.shape[0]:
             state = None
-        nats, state = model.nll(x, y, state)
+        nats, state = (runner if runner is not None and len(x) == max_streams else model).nll(x, y, state)
         total += float(nats.sum())
         count += nats.size
     return total / count if count else math.nan
@@ -141,6 +142,7 @@ class Trainer:
         )
         self.rng = np.random.default_rng(tcfg.seed)
         self.state = None
+        self.runner = model  # what computes steps: the model, or worker processes during run()
         self.last_eval_time: float | None = None
         self.progress = {
             "step": 0,
@@ -211,13 +213,6 @@ class Trainer:
         t = self.tcfg
         return min(t.workers or auto_workers(t.batch_size), t.batch_size)
 
-    def gradient_source(self):
-        """A context giving the object whose loss_and_grads computes each step: the model
-        itself, or worker processes sharing the batch's streams."""
-        if self.workers() < 2:
-            return contextlib.nullcontext(self.model)
-        return DataParallel(self.model, self.tcfg.batch_size, self.tcfg.seq_len, self.workers())
-
     def stop_reason(self, started: float) -> str | None:
         t, p = self.tcfg, self.progress
         if t.max_steps and p["step"] >= t.max_steps:
@@ -250,14 +245,15 @@ class Trainer:
         )
         loss_sum, loss_n, norm, last = 0.0, 0, 0.0, {}
         reason = None
-        with _StopFlag() as stop, bar, self.gradient_source() as source:
+        workers = parallel_or_model(model, t.batch_size, t.seq_len, self.workers())
+        with _StopFlag() as stop, bar, workers as self.runner:
             while True:
                 reason = self.stop_reason(started) or (stop.signum and signal.Signals(stop.signum).name)
                 if reason:
                     break
                 x, y = self.batches.window(p["window"])
                 lr = self.schedule.lr(p["step"])
-                loss, grads, state = source.loss_and_grads(
+                loss, grads, state = self.runner.loss_and_grads(
                     x, y, self.state, self.rng if model.config.dropout else None
                 )
                 norm = clip_grad_norm(grads, t.grad_clip)
@@ -282,13 +278,14 @@ class Trainer:
             if reason in FINAL_EVAL_REASONS and p["step"] % t.eval_every or not self.has_best():
                 self.final_eval(bar)
             self.save("last.npz")
+        self.runner = model
         return RunResult(self.out_dir, p["step"], p["best_val"], p["best_step"], reason, stop.signum, last)
 
     def val_loss(self) -> float:
         if not len(self.val_ids):
             return math.nan
         ids = self.val_ids[: self.tcfg.eval_chars] if self.tcfg.eval_chars else self.val_ids
-        return evaluate(self.model, ids, self.tcfg.seq_len, self.tcfg.batch_size)
+        return evaluate(self.model, ids, self.tcfg.seq_len, self.tcfg.batch_size, self.runner)
 
     def scheduled_eval(self, train_loss: float, lr: float, norm: float, chars: int, bar) -> dict:
         p = self.progress

@@ -12,6 +12,8 @@ from charrnn.config import ModelConfig
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
 from charrnn.parallel import DataParallel, auto_workers, split_rows
+from charrnn.scoring import PARALLEL_MIN_CHARS, score_ids
+from charrnn.train import evaluate
 
 N, T, V = 9, 7, 20
 
@@ -100,3 +102,31 @@ def test_split_rows_and_auto_workers():
     assert [s.stop - s.start for s in split_rows(10, 3)] == [3, 3, 4]
     assert auto_workers(4) == 1  # too few rows to split
     assert 1 <= auto_workers(4096) <= (os.cpu_count() or 1)
+
+
+def test_nll_and_evaluation_equal_one_process():
+    rng = np.random.default_rng(0)
+    model = CharRNN.create(ModelConfig(vocab_size=V, hidden_size=10, cell="gru"), seed=2, dtype=np.float64)
+    x, y = window(rng)
+    state = random_state(model, rng)
+    with DataParallel(model, N, T, 2) as dp:
+        for t in (T, 3):  # a window may be shorter than the longest the workers were made for
+            nats, new_state = model.nll(x[:, :t], y[:, :t], state)
+            p_nats, p_state = dp.nll(x[:, :t], y[:, :t], state)
+            np.testing.assert_allclose(p_nats, nats, rtol=1e-12)
+            np.testing.assert_allclose(p_state[0][0], new_state[0][0], rtol=1e-12, atol=1e-14)
+        ids = rng.integers(V, size=500)
+        # 500 characters in N streams of T, then a tail the workers do not take
+        assert evaluate(model, ids, T, N, dp) == pytest.approx(evaluate(model, ids, T, N), rel=1e-12)
+        with pytest.raises(ValueError, match="does not fit"):
+            dp.nll(x[:4], y[:4])
+
+
+def test_scoring_with_workers_equals_one_process():
+    rng = np.random.default_rng(1)
+    model = CharRNN.create(ModelConfig(vocab_size=V, hidden_size=8, num_layers=1), dtype=np.float64)
+    ids = rng.integers(V, size=PARALLEL_MIN_CHARS + 123)
+    alone = score_ids(model, ids, streams=16, workers=1)
+    shared = score_ids(model, ids, streams=16, workers=2)
+    assert shared[1:] == alone[1:] == (len(ids) - 1, 16)
+    assert shared[0] == pytest.approx(alone[0], rel=1e-12)
