@@ -12,7 +12,8 @@ What runs (batch 64, seq 100, float32, Adam lr 2e-3, global-norm clipping 5, sta
 Each framework runs in its own worker process (so RSS is per framework, and OpenBLAS threads and
 torch.set_num_threads are both set to --threads). charrnn trains as `charrnn train` does: with
 --threads cores it starts that many worker processes of one BLAS thread each (charrnn.parallel),
-at most one per 8 of the 64 streams; sampling and scoring run in the one process. Every
+at most one per 8 of the 64 streams; scoring 64 streams of 200,000 characters does the same
+(`charrnn score`'s rule), sampling runs in the one process. Every
 measurement is repeated --rounds times, alternating which framework goes first, and the table
 gives medians and charrnn / torch ratios.
 
@@ -260,10 +261,12 @@ class CharrnnSide:
     def scorer(self, cfg: dict, ids: np.ndarray, streams: int):
         from charrnn.config import ModelConfig
         from charrnn.model import CharRNN
+        from charrnn.parallel import auto_workers
         from charrnn.scoring import score_ids
 
         model = CharRNN.create(ModelConfig(**cfg))
-        return lambda: score_ids(model, ids, streams)
+        # as `charrnn score` on --threads cores; workers start (and stop) in every call
+        return lambda: score_ids(model, ids, streams, workers=auto_workers(streams, self.threads))
 
     def matmul_peak(self) -> float:
         a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)

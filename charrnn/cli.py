@@ -36,6 +36,12 @@ CHECKPOINT = click.option(
     "Default: the newest best.npz under checkpoints/.",
 )  # fmt: skip
 
+WORKERS = click.option(
+    "--workers", type=click.IntRange(0, 1024), default=TrainConfig.workers,
+    help="Processes sharing the streams, one BLAS thread each (0: one per CPU core, at most one "
+    "per 8 streams; 1: none). Scoring uses them for texts of 100,000 characters or more.",
+)  # fmt: skip
+
 
 class CharRNNGroup(click.Group):
     """Turns anticipated failures into one `Error:` line and the documented exit status."""
@@ -193,13 +199,7 @@ TRAIN_OPTIONS = (
     help="Validate on at most this many characters (0: all).",
 )
 @click.option("--save-every", type=click.IntRange(0), default=TrainConfig.save_every, show_default=True)
-@click.option(
-    "--workers",
-    type=click.IntRange(0, 1024),
-    default=TrainConfig.workers,
-    help="Processes that share each step's streams, one BLAS thread each (0: one per CPU core, "
-    "at most one per 8 streams; 1: no worker processes).",
-)
+@WORKERS
 @click.option(
     "-o",
     "--output",
@@ -299,12 +299,11 @@ def sample(
     sys.stdout.write("\n" if live else "\n\n".join("".join(t) for t in texts) + "\n")
 
 
-def _scores(checkpoint, files, exact, streams, unknown):
+def _scores(checkpoint, files, exact, streams, unknown, workers):
     ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
     model = ckpt.model()
-    return [
-        score_file(model, ckpt.vocab, ckpt.text_policy, f, 1 if exact else streams, unknown) for f in files
-    ]
+    streams = 1 if exact else streams
+    return [score_file(model, ckpt.vocab, ckpt.text_policy, f, streams, unknown, workers) for f in files]
 
 
 STREAMS = click.option(
@@ -326,7 +325,8 @@ EXACT = click.option("--exact", is_flag=True, help="One stream over the whole te
 @EXACT
 @STREAMS
 @UNKNOWN
-def score(files, checkpoint, as_json, per_line, show_surprisal, exact, streams, unknown):
+@WORKERS
+def score(files, checkpoint, as_json, per_line, show_surprisal, exact, streams, unknown, workers):
     """How well the model predicts each file: nats/char, bits/char, perplexity."""
     if show_surprisal:
         ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
@@ -342,7 +342,7 @@ def score(files, checkpoint, as_json, per_line, show_surprisal, exact, streams, 
             s for f in files for s in score_lines(ckpt.model(), ckpt.vocab, ckpt.text_policy, f, unknown)
         ]
     else:
-        results = _scores(checkpoint, files, exact, streams, unknown)
+        results = _scores(checkpoint, files, exact, streams, unknown, workers)
     if as_json:
         for r in results:
             click.echo(json.dumps(r.to_dict()))
@@ -365,9 +365,10 @@ def score(files, checkpoint, as_json, per_line, show_surprisal, exact, streams, 
 @EXACT
 @STREAMS
 @UNKNOWN
-def perplexity(files, checkpoint, as_json, exact, streams, unknown):
+@WORKERS
+def perplexity(files, checkpoint, as_json, exact, streams, unknown, workers):
     """Print only the perplexity of each file, one per line."""
-    for r in _scores(checkpoint, files, exact, streams, unknown):
+    for r in _scores(checkpoint, files, exact, streams, unknown, workers):
         d = r.to_dict()
         click.echo(
             json.dumps({"file": r.name, "perplexity": d["perplexity"]})

@@ -140,10 +140,11 @@ def score_file(
     path: Path,
     streams: int = 64,
     unknown: str = "error",
+    workers: int = 0,
     warmup: int = 200,
 ) -> Score:
     corpus = load_corpus([path], policy, vocab=vocab, unknown=unknown)
-    nats, chars, used = score_ids(model, corpus.ids, streams, warmup)
+    nats, chars, used = score_ids(model, corpus.ids, streams, warmup, workers)
     if chars == 0:
         raise CharRNNError(
             f"nothing to score in {path}: it has {corpus.num_chars} character(s) the model knows,"

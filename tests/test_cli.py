@@ -134,6 +134,16 @@ def test_perplexity_plain_and_json(run_dir, corpus):
     assert d["perplexity"] == pytest.approx(values[0], rel=1e-5)
 
 
+def test_long_texts_are_scored_by_workers_to_the_same_figure(run_dir, tmp_path):
+    long = tmp_path / "long.txt"
+    long.write_text(make_text(n_lines=6000, seed=3), encoding="utf-8")  # over PARALLEL_MIN_CHARS
+    one, two = (
+        json.loads(run("score", "-c", run_dir, long, "--json", "--workers", w).stdout) for w in (1, 2)
+    )
+    assert one["chars"] == two["chars"] > 100_000 and one["streams"] == two["streams"] == 64
+    assert two["nats_per_char"] == pytest.approx(one["nats_per_char"], rel=1e-6)
+
+
 def test_nothing_to_score(run_dir, tmp_path):
     f = tmp_path / "one.txt"
     f.write_text("a", encoding="utf-8")

@@ -16,6 +16,7 @@ from charrnn.scoring import PARALLEL_MIN_CHARS, score_ids
 from charrnn.train import evaluate
 
 N, T, V = 9, 7, 20
+start = DataParallel._start
 
 
 def window(rng):
@@ -122,11 +123,16 @@ def test_nll_and_evaluation_equal_one_process():
             dp.nll(x[:4], y[:4])
 
 
-def test_scoring_with_workers_equals_one_process():
+def test_scoring_with_workers_equals_one_process(monkeypatch):
     rng = np.random.default_rng(1)
     model = CharRNN.create(ModelConfig(vocab_size=V, hidden_size=8, num_layers=1), dtype=np.float64)
     ids = rng.integers(V, size=PARALLEL_MIN_CHARS + 123)
     alone = score_ids(model, ids, streams=16, workers=1)
+    started = []
+    monkeypatch.setattr(
+        DataParallel, "_start", lambda self, w, spec: started.append(w) or start(self, w, spec)
+    )
     shared = score_ids(model, ids, streams=16, workers=2)
+    assert started == [0, 1]
     assert shared[1:] == alone[1:] == (len(ids) - 1, 16)
     assert shared[0] == pytest.approx(alone[0], rel=1e-12)
