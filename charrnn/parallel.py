@@ -37,6 +37,7 @@ from .model import CharRNN
 # fewer rows than this per worker make each process's products too small to pay for the split
 MIN_ROWS_PER_WORKER = 8
 _ALIGN = 64  # bytes: every array starts on its own cache line
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def available_cpus() -> int:
@@ -59,10 +60,14 @@ def split_rows(n: int, parts: int) -> list[slice]:
 
 def parallel_or_model(model: CharRNN, batch_size: int, seq_len: int, workers: int):
     """A context giving what computes loss_and_grads and nll: DataParallel for 2 or more
-    workers, else the model itself."""
+    workers, else the model itself, also (with a warning) when workers cannot start."""
     if workers < 2:
         return contextlib.nullcontext(model)
-    return DataParallel(model, batch_size, seq_len, workers)
+    try:
+        return DataParallel(model, batch_size, seq_len, workers)
+    except (OSError, CharRNNError) as e:
+        print(f"warning: no worker processes ({e}); running in one process", file=sys.stderr)
+        return contextlib.nullcontext(model)
 
 
 class Arena:
@@ -146,6 +151,8 @@ class DataParallel:
     def _start(self, w: int, spec: dict) -> None:
         ours, theirs = socket.socketpair()
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        # the worker imports this very charrnn, installed or not
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
         cmd = [sys.executable, "-m", "charrnn.parallel", str(theirs.fileno()), str(self.arena.fd)]
         try:
             proc = subprocess.Popen(

@@ -11,7 +11,7 @@ import pytest
 from charrnn.config import ModelConfig
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
-from charrnn.parallel import DataParallel, auto_workers, split_rows
+from charrnn.parallel import DataParallel, auto_workers, parallel_or_model, split_rows
 from charrnn.scoring import PARALLEL_MIN_CHARS, score_ids
 from charrnn.train import evaluate
 
@@ -136,3 +136,16 @@ def test_scoring_with_workers_equals_one_process(monkeypatch):
     assert started == [0, 1]
     assert shared[1:] == alone[1:] == (len(ids) - 1, 16)
     assert shared[0] == pytest.approx(alone[0], rel=1e-12)
+
+
+def test_workers_that_cannot_start_leave_training_in_one_process(monkeypatch, capsys):
+    model = CharRNN.create(ModelConfig(vocab_size=V, hidden_size=8, num_layers=1))
+
+    def no_processes(*args, **kwargs):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr("subprocess.Popen", no_processes)
+    with parallel_or_model(model, N, T, 2) as runner:
+        assert runner is model
+    assert "no worker processes" in capsys.readouterr().err
+    assert all(p.flags.owndata for p in model.params.values())
