@@ -139,18 +139,21 @@ def test_second_interrupt_during_save_is_harmless(corpus, tmp_path):
     assert load_checkpoint(out / "last.npz").progress["step"] >= 3
 
 
-def kill_storm(corpus: Path, out: Path, kills: int, seed: int) -> None:
+def kill_storm(corpus: Path, out: Path, kills: int, seed: int, workers: int = 1) -> None:
     rng = random.Random(seed)
     save_every = 2
     last_step = 0
     in_save = max_lost = 0
     for i in range(kills):
         args = ["--max-steps", 10**6, "--eval-every", 1, "--save-every", save_every, "--eval-chars", 64]
+        args += ["--workers", workers]
         resume = ["--resume"] if (out / "last.npz").exists() else []
-        proc = start(corpus, out, *args, *resume, env={"CHARRNN_TEST_SAVE_DELAY": "0.02"})
+        env = {"CHARRNN_TEST_SAVE_DELAY": "0.02"}
+        proc = start(corpus, out, *args, *resume, env=env, new_session=True)
         time.sleep(rng.uniform(0.6, 2.0))
         proc.kill()
         proc.communicate()
+        assert group_gone(proc.pid), f"kill {i}: a worker outlived its parent"
         if not (out / "last.npz").exists():
             continue
         step = load_checkpoint(out / "last.npz").progress["step"]  # always loads
@@ -168,19 +171,21 @@ def kill_storm(corpus: Path, out: Path, kills: int, seed: int) -> None:
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
     assert last_step > 0
     print(
-        f"\n[stress] kill -9 storm: {kills} kills, {in_save} inside a save (temp file left, cleaned at the "
-        f"next start), reached step {last_step}, at most {max_lost} completed steps lost (save interval "
-        f"{save_every}); every last.npz loaded"
+        f"\n[stress] kill -9 storm ({workers} worker(s)): {kills} kills, {in_save} inside a save (temp "
+        f"file left, cleaned at the next start), reached step {last_step}, at most {max_lost} completed "
+        f"steps lost (save interval {save_every}); every last.npz loaded, no worker outlived its parent"
     )
 
 
-def test_kill_storm_short(corpus, tmp_path):
-    kill_storm(corpus, tmp_path / "run", kills=8, seed=1)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_storm_short(corpus, tmp_path, workers):
+    kill_storm(corpus, tmp_path / "run", kills=8, seed=1, workers=workers)
 
 
 @pytest.mark.stress
-def test_kill_storm_long(corpus, tmp_path):
-    kill_storm(corpus, tmp_path / "run", kills=200, seed=2)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_storm_long(corpus, tmp_path, workers):
+    kill_storm(corpus, tmp_path / "run", kills=200 // workers, seed=2, workers=workers)
 
 
 @pytest.mark.stress
