@@ -1,11 +1,13 @@
-"""Data-parallel training on several CPU cores: worker processes split the batch's streams.
+"""Data parallelism on several CPU cores: worker processes split the streams of a window.
 
-Each worker runs `CharRNN.loss_and_grads` on its rows of the window with one BLAS thread; the
-parent combines the results into the whole batch's loss and gradient (a mean weighted by rows)
-and then clips and updates as usual. Why processes: NumPy's element-wise functions (exp, tanh,
-the gate products) use one core and are about half of a step, and threads would hand the GIL
-back and forth around each of the ~25 NumPy calls of a time step. Two processes with one BLAS
-thread each train an LSTM 2x256 faster than one process with two (docs/BENCHMARKS.md).
+Each worker runs `CharRNN.loss_and_grads` (training) or `CharRNN.nll` (validation, scoring) on
+its rows of the window with one BLAS thread; for training the parent combines the results into
+the whole batch's loss and gradient (a mean weighted by rows), then clips and updates as usual.
+
+Why processes: NumPy's element-wise functions (exp, tanh, the gate products) use one core and
+are about half of a step, and threads would hand the GIL back and forth around each of the ~25
+NumPy calls of a time step. Two processes with one BLAS thread each train an LSTM 2x256 faster
+than one process with two (docs/BENCHMARKS.md).
 
 Memory: one shared anonymous file, mapped by every process, holds the weights (the parent's
 params become views into it, so the optimizer's in-place update is what workers read at the
@@ -123,6 +125,8 @@ class DataParallel:
     returned grads are buffers reused by the next call."""
 
     def __init__(self, model: CharRNN, batch_size: int, seq_len: int, workers: int):
+        if os.name != "posix":  # file descriptors cannot be handed to a child elsewhere
+            raise OSError("worker processes need a POSIX system")
         self.model, self.rows, self.seq_len = model, split_rows(batch_size, workers), seq_len
         self.weights = [(r.stop - r.start) / batch_size for r in self.rows]
         H, dt = model.config.hidden_size, model.dtype.str
