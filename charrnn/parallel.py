@@ -128,7 +128,7 @@ class DataParallel:
         if os.name != "posix":  # file descriptors cannot be handed to a child elsewhere
             raise OSError("worker processes need a POSIX system")
         self.model, self.rows, self.seq_len = model, split_rows(batch_size, workers), seq_len
-        self.weights = [(r.stop - r.start) / batch_size for r in self.rows]
+        self.shares = [(r.stop - r.start) / batch_size for r in self.rows]
         H, dt = model.config.hidden_size, model.dtype.str
         spec = {name: [list(p.shape), p.dtype.str] for name, p in model.params.items()}
         for w, r in enumerate(self.rows):
@@ -205,7 +205,8 @@ class DataParallel:
             for name, s in zip(_state_names(self.model, w), flat):
                 a[name][...] = s[r]
             seed = None if rng is None else int(rng.integers(2**63))
-            self._send(w, {"op": op, "t": t, "state": state is not None, "seed": seed})
+            request = {"op": op, "t": t, "state": state is not None, "seed": seed, "share": self.shares[w]}
+            self._send(w, request)
         return [self._reply(w) for w in range(len(self.rows))]
 
     def _state(self) -> tuple:
@@ -216,12 +217,12 @@ class DataParallel:
     def loss_and_grads(self, x, y, state=None, rng=None):
         """As CharRNN.loss_and_grads, over every worker's rows. x, y (N, t)."""
         replies = self._run("grads", x, y, state, rng)
-        loss = sum(share * reply["loss"] for share, reply in zip(self.weights, replies))
+        loss = sum(share * reply["loss"] for share, reply in zip(self.shares, replies))
         a = self.arena
-        for name, g in self.grads.items():
-            np.multiply(a[f"w0.g.{name}"], self.weights[0], out=g)
-            for w in range(1, len(self.rows)):
-                g += self.weights[w] * a[f"w{w}.g.{name}"]
+        for name, g in self.grads.items():  # each worker wrote its gradient times its share
+            np.add(a[f"w0.g.{name}"], a[f"w1.g.{name}"], out=g)
+            for w in range(2, len(self.rows)):
+                g += a[f"w{w}.g.{name}"]
         return loss, self.grads, self._state()
 
     def nll(self, x, y, state=None):
@@ -288,8 +289,8 @@ def _worker(sock_fd: int, mem_fd: int) -> None:
             else:
                 rng = None if request["seed"] is None else np.random.default_rng(request["seed"])
                 loss, grads, new_state = model.loss_and_grads(x, y, state, rng)
-                for name, g in grads.items():
-                    arena[f"w{w}.g.{name}"][...] = g
+                for name, g in grads.items():  # scaled here, in parallel, so the parent only adds
+                    np.multiply(g, request["share"], out=arena[f"w{w}.g.{name}"])
                 reply = {"loss": loss}
             for name, s in zip(state_names, (s for layer in new_state for s in layer)):
                 arena[name][...] = s
