@@ -451,6 +451,8 @@ def summary_line(trainer: Trainer) -> str:
         f"corpus {', '.join(c.names)}: {c.num_chars:,} chars ({len(trainer.train_ids):,} train, "
         f"{len(trainer.val_ids):,} validation), vocabulary {len(c.vocab)}; model {cfg.cell} "
         f"{cfg.num_layers}x{cfg.hidden_size}, {m.num_params():,} parameters; batch {t.batch_size} x "
-        f"seq {t.seq_len}, {trainer.batches.windows_per_epoch:,} steps/epoch; saving to {trainer.out_dir}"
+        f"seq {t.seq_len}, {trainer.batches.windows_per_epoch:,} steps/epoch"
+        + (f", {trainer.workers()} worker processes" if trainer.workers() > 1 else "")
+        + f"; saving to {trainer.out_dir}"
         + size_advice(m.num_params(), len(trainer.train_ids))
     )
