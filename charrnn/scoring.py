@@ -97,7 +97,8 @@ def score_ids(
 
     streams 1 is exact. Fewer streams are used when segments would be shorter than 4 * warmup,
     so the warm-up never costs more than a quarter of the work. The streams are shared among
-    `workers` processes (0: parallel.auto_workers) when the text has PARALLEL_MIN_CHARS."""
+    `workers` processes (0: parallel.auto_workers) when the text has at least
+    PARALLEL_MIN_CHARS characters."""
     n = len(ids)
     if n < 2:
         return 0.0, 0, 1
