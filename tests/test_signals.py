@@ -145,8 +145,10 @@ def kill_storm(corpus: Path, out: Path, kills: int, seed: int, workers: int = 1)
     last_step = 0
     in_save = max_lost = 0
     for i in range(kills):
-        args = ["--max-steps", 10**6, "--eval-every", 1, "--save-every", save_every, "--eval-chars", 64]
-        args += ["--workers", workers]
+        # no epoch limit: the storm outlasts the default 20 epochs of this corpus (step 3,280), and
+        # kills of runs that have nothing left to train would test nothing
+        args = ["--max-steps", 10**6, "--epochs", 0, "--eval-every", 1, "--save-every", save_every]
+        args += ["--eval-chars", 64, "--workers", workers]
         resume = ["--resume"] if (out / "last.npz").exists() else []
         env = {"CHARRNN_TEST_SAVE_DELAY": "0.02"}
         proc = start(corpus, out, *args, *resume, env=env, new_session=True)
