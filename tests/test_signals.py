@@ -91,13 +91,31 @@ def test_signal_saves_and_exits(corpus, tmp_path, sig, code):
     assert ckpt.progress["step"] == done >= metrics_steps(out)[-1]  # zero completed steps lost
 
 
-def group_gone(pgid: int, timeout: float = 15) -> bool:
-    """True once no process of the group is left (zombies of a reaped parent excepted)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def group_alive(pgid: int) -> bool:
+    """Whether a live process of the group is left. Zombies do not count: a worker that exited
+    stays one until whatever adopted it (init, or a container's PID 1) reaps it."""
+    proc = Path("/proc")
+    if not proc.is_dir():
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while being read
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
+
+
+def group_gone(pgid: int, timeout: float = 15) -> bool:
+    """True once no live process of the group is left, waiting up to timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not group_alive(pgid):
             return True
         time.sleep(0.05)
     return False
