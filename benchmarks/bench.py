@@ -35,6 +35,7 @@ weights), at the read bandwidth measured by a dot product over a buffer of that 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -206,6 +207,7 @@ class CharrnnSide:
 
     def __init__(self, workdir: Path, threads: int):
         self.workdir, self.threads = workdir, threads
+        self.workers = contextlib.ExitStack()  # training workers live as long as this process
 
     def trainer(self, cfg: dict, ids: np.ndarray):
         """One training step as `charrnn train` runs it: with --threads cores, worker processes
@@ -214,11 +216,11 @@ class CharrnnSide:
         from charrnn.data import Batches
         from charrnn.model import CharRNN
         from charrnn.optim import Adam, clip_grad_norm
-        from charrnn.parallel import DataParallel, auto_workers
+        from charrnn.parallel import auto_workers, parallel_or_model
 
         model = CharRNN.create(ModelConfig(**cfg))
         workers = auto_workers(BATCH, self.threads)
-        source = DataParallel(model, BATCH, SEQ, workers) if workers > 1 else model
+        source = self.workers.enter_context(parallel_or_model(model, BATCH, SEQ, workers))
         adam, batches = Adam(model.params), Batches(ids, BATCH, SEQ)
         run = {"state": None, "window": 0}
 

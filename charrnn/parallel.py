@@ -54,6 +54,12 @@ def auto_workers(batch_size: int, cpus: int | None = None) -> int:
     return max(1, min(cpus or available_cpus(), batch_size // MIN_ROWS_PER_WORKER))
 
 
+def resolve_workers(requested: int, rows: int) -> int:
+    """The worker count for `--workers requested` (0: auto_workers) over `rows` streams: never
+    more workers than streams."""
+    return min(requested or auto_workers(rows), rows)
+
+
 def split_rows(n: int, parts: int) -> list[slice]:
     """n rows as `parts` consecutive slices whose lengths differ by at most one."""
     bounds = [n * k // parts for k in range(parts + 1)]
@@ -110,6 +116,11 @@ def _state_names(model: CharRNN, w: int) -> list[str]:
     return [f"w{w}.state.{k}.{j}" for k in range(model.config.num_layers) for j in range(per_layer)]
 
 
+def _flatten(state: tuple) -> list[np.ndarray]:
+    """((h0, c0), (h1, c1), ...) -> [h0, c0, h1, c1, ...], the order of _state_names."""
+    return [s for layer in state for s in layer]
+
+
 def _nest(flat: list[np.ndarray], num_layers: int) -> tuple:
     """[h0, c0, h1, c1, ...] -> ((h0, c0), (h1, c1), ...), the model's state layout."""
     per_layer = len(flat) // num_layers
@@ -121,8 +132,7 @@ class DataParallel:
     seq_len steps, computed by `workers` processes over row blocks.
 
     The model's params are moved into shared memory for the life of this object; close() (or
-    leaving the `with` block) stops the workers and gives the model private copies again. The
-    returned grads are buffers reused by the next call."""
+    leaving the `with` block) stops the workers and gives the model private copies again."""
 
     def __init__(self, model: CharRNN, batch_size: int, seq_len: int, workers: int):
         if os.name != "posix":  # file descriptors cannot be handed to a child elsewhere
@@ -137,11 +147,11 @@ class DataParallel:
             spec[f"w{w}.nats"] = [[n, seq_len], "<f8"]
             spec.update({f"w{w}.g.{name}": [list(p.shape), p.dtype.str] for name, p in model.params.items()})
             spec.update({name: [[n, H], dt] for name in _state_names(model, w)})
+        self.state_names = [_state_names(model, w) for w in range(workers)]
         self.arena = Arena.create(spec)
         for name, p in model.params.items():
             self.arena[name][...] = p
             model.params[name] = self.arena[name]
-        self.grads = {name: np.empty_like(p) for name, p in model.params.items()}
         self.procs, self.socks = [], []
         try:
             for w in range(workers):
@@ -199,10 +209,10 @@ class DataParallel:
         if x.shape[0] != self.rows[-1].stop or x.shape[1] > self.seq_len:
             raise ValueError(f"a window of {x.shape} does not fit workers made for {self.rows[-1].stop} rows")
         a, t = self.arena, x.shape[1]
-        flat = [] if state is None else [s for layer in state for s in layer]
+        flat = [] if state is None else _flatten(state)
         for w, r in enumerate(self.rows):
             a[f"w{w}.x"][:, :t], a[f"w{w}.y"][:, :t] = x[r], y[r]
-            for name, s in zip(_state_names(self.model, w), flat):
+            for name, s in zip(self.state_names[w], flat):
                 a[name][...] = s[r]
             seed = None if rng is None else int(rng.integers(2**63))
             request = {"op": op, "t": t, "state": state is not None, "seed": seed, "share": self.shares[w]}
@@ -211,19 +221,19 @@ class DataParallel:
 
     def _state(self) -> tuple:
         """The final state of the last call, the workers' rows joined: fresh arrays."""
-        parts = [[self.arena[name] for name in _state_names(self.model, w)] for w in range(len(self.rows))]
+        parts = [[self.arena[name] for name in names] for names in self.state_names]
         return _nest([np.concatenate(rows) for rows in zip(*parts)], self.model.config.num_layers)
 
     def loss_and_grads(self, x, y, state=None, rng=None):
-        """As CharRNN.loss_and_grads, over every worker's rows. x, y (N, t)."""
+        """As CharRNN.loss_and_grads, over every worker's rows. x, y (N, t). The grads returned
+        are worker 0's buffers, free for the caller (Adam's scratch) until the next call."""
         replies = self._run("grads", x, y, state, rng)
         loss = sum(share * reply["loss"] for share, reply in zip(self.shares, replies))
-        a = self.arena
-        for name, g in self.grads.items():  # each worker wrote its gradient times its share
-            np.add(a[f"w0.g.{name}"], a[f"w1.g.{name}"], out=g)
-            for w in range(2, len(self.rows)):
-                g += a[f"w{w}.g.{name}"]
-        return loss, self.grads, self._state()
+        grads = {name: self.arena[f"w0.g.{name}"] for name in self.model.params}
+        for name, g in grads.items():  # each worker wrote its gradient times its share
+            for w in range(1, len(self.rows)):
+                g += self.arena[f"w{w}.g.{name}"]
+        return loss, grads, self._state()
 
     def nll(self, x, y, state=None):
         """As CharRNN.nll, over every worker's rows. x, y (N, t) -> (N, t) float64, state."""
@@ -292,7 +302,7 @@ def _worker(sock_fd: int, mem_fd: int) -> None:
                 for name, g in grads.items():  # scaled here, in parallel, so the parent only adds
                     np.multiply(g, request["share"], out=arena[f"w{w}.g.{name}"])
                 reply = {"loss": loss}
-            for name, s in zip(state_names, (s for layer in new_state for s in layer)):
+            for name, s in zip(state_names, _flatten(new_state)):
                 arena[name][...] = s
             answer(reply)
         except MemoryError:

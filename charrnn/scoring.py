@@ -25,7 +25,7 @@ from .data import load_corpus
 from .errors import CharRNNError
 from .functional import bits_per_char, perplexity
 from .model import CharRNN
-from .parallel import auto_workers, parallel_or_model
+from .parallel import parallel_or_model, resolve_workers
 from .text import TextPolicy, read_text
 from .vocab import Vocab
 
@@ -124,7 +124,7 @@ def _score_streams(
     rows = [ids[q : q + W + L + 1] for q in starts]
     counted = np.array([0] + [W] * (S - 1))
     T = window_len(model.config.vocab_size, S)
-    workers = min(workers or auto_workers(S), S) if n >= PARALLEL_MIN_CHARS else 1
+    workers = resolve_workers(workers, S) if n >= PARALLEL_MIN_CHARS else 1
     with parallel_or_model(model, S, T, workers) as runner:
         total = _stream_nats(runner, rows, counted, T)
     end = W + S * L  # last input position scored by the streams

@@ -36,7 +36,7 @@ from .errors import CharRNNError, CheckpointError
 from .functional import bits_per_char
 from .model import CharRNN
 from .optim import Adam, LRSchedule, clip_grad_norm
-from .parallel import auto_workers, parallel_or_model
+from .parallel import parallel_or_model, resolve_workers
 from .text import TextPolicy
 
 # Options that may differ on --resume: they say how long and how often, not what is learnt.
@@ -210,8 +210,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def workers(self) -> int:
-        t = self.tcfg
-        return min(t.workers or auto_workers(t.batch_size), t.batch_size)
+        return resolve_workers(self.tcfg.workers, self.tcfg.batch_size)
 
     def stop_reason(self, started: float) -> str | None:
         t, p = self.tcfg, self.progress
