@@ -16,8 +16,9 @@ import click
 from click.core import ParameterSource
 
 from .checkpoint import latest_checkpoint, load_checkpoint
-from .clitypes import Duration, FiniteFloat
+from .clitypes import CorpusPath, Duration, FiniteFloat
 from .config import CELLS, NONLINEARITIES, ModelConfig, TrainConfig
+from .data import expand_paths
 from .errors import CharRNNError
 from .sampling import SampleOptions, generate
 from .scoring import render_surprisal, score_file, score_lines, surprisal, surprisal_legend
@@ -100,7 +101,7 @@ TRAIN_OPTIONS = (
 
 
 @main.command()
-@click.argument("corpus", nargs=-1, required=True, type=EXISTING_FILE)
+@click.argument("corpus", nargs=-1, required=True, type=CorpusPath())
 @click.option("--model", "cell", type=click.Choice(CELLS), default=ModelConfig.cell, show_default=True)
 @click.option(
     "--hidden-size", type=click.IntRange(1, 8192), default=ModelConfig.hidden_size, show_default=True
@@ -196,7 +197,10 @@ TRAIN_OPTIONS = (
     "--eval-chars",
     type=click.IntRange(0),
     default=TrainConfig.eval_chars,
-    help="Validate on at most this many characters (0: all).",
+    help="Validate on a fixed sample of about this many held-out characters, spread over the whole "
+    "validation text and the same at every evaluation, so that validation costs the same at any "
+    "corpus size (0: all of them).",
+    show_default=True,
 )
 @click.option("--save-every", type=click.IntRange(0), default=TrainConfig.save_every, show_default=True)
 @WORKERS
@@ -225,7 +229,8 @@ TRAIN_OPTIONS = (
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def train(ctx, corpus, output, resume, init_from, encoding, errors, newline, unknown, quiet, **_):
-    """Train a model on one or more text files (concatenated)."""
+    """Train a model on text files, directories of them or quoted glob patterns (e.g. 'books/*.txt'),
+    joined in order; a newline is added after a file that does not end with one."""
     if resume and init_from:
         raise click.UsageError("--resume and --init-from exclude each other")
     p = ctx.params
@@ -233,7 +238,7 @@ def train(ctx, corpus, output, resume, init_from, encoding, errors, newline, unk
     model_options = {n: p[n] for n in MODEL_OPTIONS} if fresh else given(ctx, MODEL_OPTIONS)
     train_options = {n: p[n] for n in TRAIN_OPTIONS} if fresh else given(ctx, TRAIN_OPTIONS)
     trainer = prepare_run(
-        list(corpus),
+        expand_paths(corpus),
         model_options,
         train_options,
         TextPolicy(encoding, errors, newline),
@@ -241,11 +246,13 @@ def train(ctx, corpus, output, resume, init_from, encoding, errors, newline, unk
         resume,
         init_from,
         unknown,
+        given(ctx, ("encoding", "errors", "newline")),
+        show_progress=False if quiet else None,
     )
     click.echo(summary_line(trainer), err=True)
     result = trainer.run(show_progress=False if quiet else None)
     best = (
-        f"best loss {result.best_val:.4f} at step {result.best_step}"
+        f"best loss {result.best_val:.4f} at step {result.best_step} (on {trainer.eval_coverage()})"
         if result.best_step
         else "no evaluation yet"
     )

@@ -3,8 +3,11 @@ so bad values exit with status 2 and click's usage message."""
 
 from __future__ import annotations
 
+import glob
 import math
+import os
 import re
+from pathlib import Path
 
 import click
 
@@ -64,3 +67,17 @@ class Duration(click.ParamType):
         if not math.isfinite(seconds) or seconds < 0 or seconds > 366 * 86400:
             self.fail(f"{value!r} is not a duration between 0 and a year", param, ctx)
         return seconds
+
+
+class CorpusPath(click.ParamType):
+    """A corpus argument: an existing file or directory, or a glob pattern (quoted, so that the
+    shell leaves it to us) that matches at least one path. data.expand_paths lists the files."""
+
+    name = "path"
+
+    def convert(self, value, param, ctx):
+        text = str(value)
+        if os.path.exists(text) or (glob.has_magic(text) and glob.glob(text, recursive=True)):
+            return Path(text)
+        what = "matches no file" if glob.has_magic(text) else "does not exist"
+        self.fail(f"{text!r} {what}", param, ctx)

@@ -76,7 +76,7 @@ class TrainConfig:
     max_time: float = 0.0
     patience: int = 5
     eval_every: int = 400
-    eval_chars: int = 0
+    eval_chars: int = 65_536  # a fixed sample of validation text (data.sampled_eval_windows); 0: all
     save_every: int = 200
     workers: int = 0  # processes sharing each step's streams; 0: one per core (parallel.auto_workers)
     beta1: float = 0.9

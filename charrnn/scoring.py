@@ -9,7 +9,8 @@ segments and every segment but the first starts from zero state after re-reading
 characters before it, which are not counted. Every character is still scored exactly once; only
 a character more than `warmup` positions into a segment's past is forgotten, so the figure
 differs from the exact one by a small amount (measured and reported in docs/BENCHMARKS.md).
-Memory stays bounded: texts are encoded once (memory-mapped when large) and read in windows.
+Memory stays bounded: texts are encoded once (memory-mapped when large) and read in windows;
+a long text shows its progress on stderr.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .errors import CharRNNError
 from .functional import bits_per_char, perplexity
 from .model import CharRNN
 from .parallel import parallel_or_model, resolve_workers
+from .progress import reading_bar, scoring_bar
 from .text import TextPolicy, read_text
 from .vocab import Vocab
 
@@ -75,10 +77,10 @@ def window_len(vocab_size: int, streams: int) -> int:
     return max(16, min(by_logits, WINDOW_POSITIONS // streams))
 
 
-def _stream_nats(runner, rows: list[np.ndarray], counted_from: np.ndarray, T: int) -> float:
+def _stream_nats(runner, rows: list[np.ndarray], counted_from: np.ndarray, T: int, on_scored=None) -> float:
     """Total nats over equal-length rows of ids scored in parallel with carried state, T steps
     at a time by runner.nll (the model or its DataParallel); in row s only targets at positions
-    >= counted_from[s] count."""
+    >= counted_from[s] count. on_scored(k) hears of the k targets each window counted."""
     length = len(rows[0]) - 1
     total, state = 0.0, None
     for a in range(0, length, T):
@@ -86,37 +88,46 @@ def _stream_nats(runner, rows: list[np.ndarray], counted_from: np.ndarray, T: in
         block = np.stack([r[a:b] for r in rows]).astype(np.int64)  # (S, t + 1)
         nats, state = runner.nll(block[:, :-1], block[:, 1:], state)  # (S, t)
         positions = np.arange(a, b - 1)
-        total += float(nats[positions[None, :] >= counted_from[:, None]].sum())
+        counted = positions[None, :] >= counted_from[:, None]  # (S, t)
+        total += float(nats[counted].sum())
+        if on_scored is not None:
+            on_scored(int(counted.sum()))
     return total
 
 
 def score_ids(
-    model: CharRNN, ids: np.ndarray, streams: int = 64, warmup: int = 200, workers: int = 0
+    model: CharRNN,
+    ids: np.ndarray,
+    streams: int = 64,
+    warmup: int = 200,
+    workers: int = 0,
+    name: str = "text",
+    show_progress: bool | None = None,
 ) -> tuple[float, int, int]:
     """Total nats of ids[1:] given what precedes each. -> (nats, chars scored, streams used).
 
     streams 1 is exact. Fewer streams are used when segments would be shorter than 4 * warmup,
     so the warm-up never costs more than a quarter of the work. The streams are shared among
     `workers` processes (0: parallel.auto_workers) when the text has at least
-    PARALLEL_MIN_CHARS characters."""
+    PARALLEL_MIN_CHARS characters. A long text shows a progress bar named `name` on stderr."""
     n = len(ids)
     if n < 2:
         return 0.0, 0, 1
     # a checkpoint's weights may be finite yet large enough to overflow the logits; the NaN
     # that results is reported by _checked, not as a warning per window
-    with np.errstate(over="ignore", invalid="ignore"):
-        return _score_streams(model, ids, streams, warmup, workers)
+    with np.errstate(over="ignore", invalid="ignore"), scoring_bar(name, n - 1, show_progress) as bar:
+        return _score_streams(model, ids, streams, warmup, workers, bar.update)
 
 
 def _score_streams(
-    model: CharRNN, ids: np.ndarray, streams: int, warmup: int, workers: int
+    model: CharRNN, ids: np.ndarray, streams: int, warmup: int, workers: int, on_scored
 ) -> tuple[float, int, int]:
     n = len(ids)
     W = warmup
     S = max(1, min(streams, (n - 1 - W) // (4 * W) if W else streams))
     single = window_len(model.config.vocab_size, 1)
     if S == 1:
-        return _stream_nats(model, [ids], np.zeros(1, np.int64), single), n - 1, 1
+        return _stream_nats(model, [ids], np.zeros(1, np.int64), single, on_scored), n - 1, 1
     L = (n - 1 - W) // S
     # stream 0 starts at the text's start, so its first W targets count; the others begin W
     # characters before their segment and count only the segment
@@ -126,11 +137,11 @@ def _score_streams(
     T = window_len(model.config.vocab_size, S)
     workers = resolve_workers(workers, S) if n >= PARALLEL_MIN_CHARS else 1
     with parallel_or_model(model, S, T, workers) as runner:
-        total = _stream_nats(runner, rows, counted, T)
+        total = _stream_nats(runner, rows, counted, T, on_scored)
     end = W + S * L  # last input position scored by the streams
     if end < n - 1:  # a tail shorter than S characters: one stream, with its warm-up
         q = max(0, end - W)
-        total += _stream_nats(model, [ids[q:]], np.array([end - q]), single)
+        total += _stream_nats(model, [ids[q:]], np.array([end - q]), single, on_scored)
     return total, n - 1, S
 
 
@@ -143,9 +154,11 @@ def score_file(
     unknown: str = "error",
     workers: int = 0,
     warmup: int = 200,
+    show_progress: bool | None = None,
 ) -> Score:
-    corpus = load_corpus([path], policy, vocab=vocab, unknown=unknown)
-    nats, chars, used = score_ids(model, corpus.ids, streams, warmup, workers)
+    with reading_bar([path], show=show_progress) as bar:
+        corpus = load_corpus([path], policy, vocab=vocab, unknown=unknown, on_read=bar.update)
+    nats, chars, used = score_ids(model, corpus.ids, streams, warmup, workers, str(path), show_progress)
     if chars == 0:
         raise CharRNNError(
             f"nothing to score in {path}: it has {corpus.num_chars} character(s) the model knows,"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .errors import CharRNNError
@@ -72,11 +72,15 @@ def read_text(path, policy: TextPolicy = DEFAULT_POLICY, chunk_bytes: int = DEFA
 
 
 def iter_text(
-    path, policy: TextPolicy = DEFAULT_POLICY, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    path,
+    policy: TextPolicy = DEFAULT_POLICY,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    on_read: Callable[[int], object] | None = None,
 ) -> Iterator[str]:
     """Decode a file under the policy, yielding non-empty str chunks of about chunk_bytes bytes
     each. Every anticipated problem (missing or unreadable file, wrong encoding, binary data)
-    raises CharRNNError naming the file, when iteration reaches it."""
+    raises CharRNNError naming the file, when iteration reaches it. on_read(n) is told the
+    bytes of each chunk read (a progress bar)."""
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be positive, not {chunk_bytes}")
     codec = _checked_codec(path, policy)
@@ -105,6 +109,8 @@ def iter_text(
             text = _strip_bom(path, codec, text)
             at_start = False
         offset += len(chunk)
+        if on_read is not None:
+            on_read(len(chunk))
         text = lines.feed(text, final=False)
         if text:
             yield text

@@ -31,17 +31,28 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpoint, clean_stale_temp_files, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig, default_embedding_size
-from .data import Batches, Corpus, eval_windows, load_corpus, split_train_val
+from .data import (
+    Batches,
+    Corpus,
+    eval_targets,
+    load_corpus,
+    open_kept_corpus,
+    sampled_eval_windows,
+    split_train_val,
+)
 from .errors import CharRNNError, CheckpointError
 from .functional import bits_per_char
 from .model import CharRNN
 from .optim import Adam, LRSchedule, clip_grad_norm
 from .parallel import parallel_or_model, resolve_workers
+from .progress import reading_bar
 from .text import TextPolicy
 
 # Options that may differ on --resume: they say how long and how often, not what is learnt.
 # Stopping rules after which the last weights are evaluated (a signal asks for a quick exit).
 FINAL_EVAL_REASONS = ("max_steps", "epochs", "max_time")
+# where a memory-mapped corpus's ids stay between a run and its --resume
+KEPT_IDS = "corpus.ids"
 RESUMABLE_OVERRIDES = (
     "epochs",
     "max_steps",
@@ -100,12 +111,15 @@ def ensure_writable(out_dir: Path) -> None:
             probe.unlink()
 
 
-def evaluate(model: CharRNN, ids: np.ndarray, seq_len: int, max_streams: int, runner=None) -> float:
+def evaluate(
+    model: CharRNN, ids: np.ndarray, seq_len: int, max_streams: int, runner=None, budget: int = 0
+) -> float:
     """Mean validation loss in nats/char with its own zero state: the training state is never
-    touched (torch-rnn #38). `runner` (the training's DataParallel) computes the windows of
-    max_streams rows."""
+    touched (torch-rnn #38). budget: score a fixed sample of about that many characters (see
+    data.sampled_eval_windows; 0: all). `runner` (the training's DataParallel) computes the
+    windows of max_streams rows."""
     total, count, state = 0.0, 0, None
-    for x, y in eval_windows(ids, seq_len, max_streams):
+    for x, y in sampled_eval_windows(ids, seq_len, max_streams, budget):
         if state is not None and state[0][0].shape[0] != x.shape[0]:
             state = None
         nats, state = (runner if runner is not None and len(x) == max_streams else model).nll(x, y, state)
@@ -170,6 +184,7 @@ class Trainer:
                 "fingerprint": self.corpus.fingerprint,
                 "names": self.corpus.names,
                 "chars": self.corpus.num_chars,
+                "files": self.corpus.files,
             },
             epoch=self.progress["window"] / self.batches.windows_per_epoch,
         )
@@ -283,8 +298,16 @@ class Trainer:
     def val_loss(self) -> float:
         if not len(self.val_ids):
             return math.nan
-        ids = self.val_ids[: self.tcfg.eval_chars] if self.tcfg.eval_chars else self.val_ids
-        return evaluate(self.model, ids, self.tcfg.seq_len, self.tcfg.batch_size, self.runner)
+        t = self.tcfg
+        return evaluate(self.model, self.val_ids, t.seq_len, t.batch_size, self.runner, t.eval_chars)
+
+    def eval_coverage(self) -> str:
+        """What an evaluation scores, e.g. "100,000 of 30,000,000 validation chars (0.3%)"."""
+        n = len(self.val_ids)
+        used = eval_targets(n, self.tcfg.seq_len, self.tcfg.batch_size, self.tcfg.eval_chars)
+        if used >= n - 1:
+            return f"all {used:,} validation chars"
+        return f"{used:,} of {n:,} validation chars ({used / n:.1%}, fixed sample)"
 
     def scheduled_eval(self, train_loss: float, lr: float, norm: float, chars: int, bar) -> dict:
         p = self.progress
@@ -395,29 +418,47 @@ def prepare_run(
     resume: bool = False,
     init_from: Path | None = None,
     unknown: str = "error",
+    policy_options: dict | None = None,
+    show_progress: bool | None = None,
 ) -> Trainer:
     """Build a Trainer for a new, resumed or fine-tuned run.
 
     model_options / train_options hold only the options the user gave (plus, for a new run,
     everything else at its default); on --resume anything that would change what is learnt is
-    refused with the difference spelled out."""
+    refused with the difference spelled out, and so is a text policy option (policy_options:
+    the TextPolicy fields the user gave) that differs from the checkpoint's. A corpus large
+    enough to be memory-mapped keeps its ids in the run directory (KEPT_IDS), which --resume
+    maps again after a cheap check of the files instead of reading them."""
     out_dir = Path(out_dir) if out_dir else default_out_dir(paths)
     ensure_writable(out_dir)
     clean_stale_temp_files(out_dir)
+    kept = out_dir / KEPT_IDS
     if resume:
         last = out_dir / "last.npz"
         if not last.exists():
             raise CharRNNError(f"nothing to resume: {last} does not exist")
         ckpt = load_checkpoint(last)
         _refuse_differences("resume", ckpt.model_config.to_dict(), model_options)
+        _refuse_differences("resume", ckpt.text_policy.to_dict(), policy_options or {})
         fixed = {k: v for k, v in train_options.items() if k not in RESUMABLE_OVERRIDES}
         _refuse_differences("resume", ckpt.train_config.to_dict(), fixed)
         tcfg = replace(
             ckpt.train_config, **{k: v for k, v in train_options.items() if k in RESUMABLE_OVERRIDES}
         )
+        record = ckpt.progress.get("corpus", {})
+        corpus = open_kept_corpus(paths, kept, ckpt.vocab, ckpt.text_policy, record)
+        if corpus is not None:
+            print(
+                f"resuming on {kept}: the files' sizes and sampled contents match the checkpoint's",
+                file=sys.stderr,
+            )
+            return Trainer(corpus, ckpt.model(), tcfg, out_dir, ckpt)
         # skip, then refuse: new characters mean a new corpus, and --unknown does not apply here
-        corpus = load_corpus(paths, ckpt.text_policy, vocab=ckpt.vocab, unknown="skip")
-        if corpus.skipped or corpus.fingerprint != ckpt.progress.get("corpus", {}).get("fingerprint"):
+        with reading_bar(paths, show=show_progress) as bar:
+            corpus = load_corpus(
+                paths, ckpt.text_policy, vocab=ckpt.vocab, unknown="skip", on_read=bar.update, keep_at=kept
+            )
+        if corpus.skipped or corpus.fingerprint != record.get("fingerprint"):
             new = (
                 f"; it has {corpus.skipped:,} character(s) the model's vocabulary lacks"
                 if corpus.skipped
@@ -430,13 +471,18 @@ def prepare_run(
             )
         return Trainer(corpus, ckpt.model(), tcfg, out_dir, ckpt)
     tcfg = TrainConfig(**train_options)
+    with contextlib.suppress(FileNotFoundError):  # a new run's corpus replaces an old run's ids
+        kept.unlink()
+    vocab = None
     if init_from is not None:
         ckpt = load_checkpoint(init_from)
         _refuse_differences("fine-tune", ckpt.model_config.to_dict(), model_options)
         # the checkpoint's vocabulary stays: its rows of Wx and columns of Wy are what was learnt
-        corpus = load_corpus(paths, policy, vocab=ckpt.vocab, unknown=unknown)
+        vocab = ckpt.vocab
+    with reading_bar(paths, show=show_progress) as bar:
+        corpus = load_corpus(paths, policy, vocab=vocab, unknown=unknown, on_read=bar.update, keep_at=kept)
+    if init_from is not None:
         return Trainer(corpus, ckpt.model(), tcfg, out_dir, None)
-    corpus = load_corpus(paths, policy)
     if model_options.get("embedding_size") is None:
         model_options = dict(model_options, embedding_size=default_embedding_size(len(corpus.vocab)))
     cfg = ModelConfig(vocab_size=len(corpus.vocab), **model_options)
@@ -450,7 +496,8 @@ def summary_line(trainer: Trainer) -> str:
         f"corpus {', '.join(c.names)}: {c.num_chars:,} chars ({len(trainer.train_ids):,} train, "
         f"{len(trainer.val_ids):,} validation), vocabulary {len(c.vocab)}; model {cfg.cell} "
         f"{cfg.num_layers}x{cfg.hidden_size}, {m.num_params():,} parameters; batch {t.batch_size} x "
-        f"seq {t.seq_len}, {trainer.batches.windows_per_epoch:,} steps/epoch"
+        f"seq {t.seq_len}, {trainer.batches.windows_per_epoch:,} steps/epoch; validation every "
+        f"{t.eval_every:,} steps on {trainer.eval_coverage()}"
         + (f", {trainer.workers()} worker processes" if trainer.workers() > 1 else "")
         + f"; saving to {trainer.out_dir}"
         + size_advice(m.num_params(), len(trainer.train_ids))

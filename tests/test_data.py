@@ -34,7 +34,7 @@ def test_load_round_trips_multibyte_text(tmp_path):
     expected = TEXT.replace("\r\n", "\n")
     assert isinstance(corpus, Corpus) and corpus.names == [str(path)]
     assert corpus.vocab.chars == sorted(set(expected))
-    assert corpus.ids.dtype == np.uint16 and corpus.num_chars == len(expected)
+    assert corpus.ids.dtype == np.uint8 and corpus.num_chars == len(expected)  # one byte per id
     assert corpus.vocab.decode(corpus.ids) == expected
     assert corpus.policy == TextPolicy() and corpus.skipped == 0
     assert len(corpus.fingerprint) == 64
@@ -68,7 +68,7 @@ def test_large_corpus_is_memory_mapped_and_leaves_no_files(tmp_path, monkeypatch
     cache = tmp_path / "cache" if use_cache_dir else None
     corpus = load_corpus([path], cache_dir=cache, chunk_bytes=97)
     assert isinstance(corpus.ids, np.memmap) and not corpus.ids.flags.writeable
-    assert corpus.ids.dtype == np.uint16 and np.array_equal(corpus.ids, in_memory.ids)
+    assert corpus.ids.dtype == np.uint8 and np.array_equal(corpus.ids, in_memory.ids)
     assert corpus.fingerprint == in_memory.fingerprint
     # the scratch file is unlinked once mapped: the map still reads it, nothing is left on disk
     assert list(scratch.iterdir()) == [] and (not use_cache_dir or list(cache.iterdir()) == [])

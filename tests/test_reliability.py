@@ -275,9 +275,9 @@ BAD_VALUES = [
     ["sample", "-c", "{ckpt}", "--num-samples", "1025"],
     ["score", "-c", "{ckpt}", "{corpus}", "--streams", "0"],
     ["perplexity", "-c", "{ckpt}", "{corpus}", "--streams", "4097"],
-    # paths: missing, a directory where a file belongs
+    # paths: missing, a directory where a file belongs (train reads the files in a directory)
     ["train", "{missing}"],
-    ["train", "{dir}"],
+    ["train", "{missing}/*.txt"],
     ["train", "{corpus}", "--init-from", "{missing}"],
     ["train", "{corpus}", "--init-from", "{dir}"],
     ["train", "{corpus}", "-o", "{corpus}"],
@@ -359,7 +359,9 @@ def fewer_characters(corpus: Path, tmp_path: Path) -> Path:
         (["--seed", "1"], "seed 0 -> 1"),
         (different_vocabulary, "3 character(s) the model's vocabulary lacks"),
         (fewer_characters, "the corpus differs"),
-        (["--encoding", "latin-1"], None),  # the checkpoint's text policy stays: resumes
+        (["--encoding", "latin-1"], "encoding 'utf-8' -> 'latin-1'"),
+        (["--newline", "keep"], "newline 'normalize' -> 'keep'"),
+        (["--errors", "strict", "--newline", "normalize"], None),  # the checkpoint's own policy: resumes
     ],
     ids=str,
 )

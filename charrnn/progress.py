@@ -1,0 +1,54 @@
+"""Progress bars on stderr for the slow parts of a command: reading a big corpus, scoring a
+big text. Small jobs show none, so that short commands print nothing but their results."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+# bytes read (both passes) or characters scored below which no bar is shown: such a job takes
+# about a second
+MIN_BYTES = 16 << 20
+MIN_CHARS = 200_000
+
+
+def total_bytes(paths: Sequence) -> int:
+    """The files' total size; a file that cannot be stat'ed counts 0 (reading it will say why)."""
+    total = 0
+    for path in paths:
+        with contextlib.suppress(OSError):
+            total += os.path.getsize(path)
+    return total
+
+
+def reading_bar(paths: Sequence, passes: int = 2, show: bool | None = None) -> tqdm:
+    """A bar over `passes` reads of the files, in bytes; update it with the bytes read."""
+    total = passes * total_bytes(paths)
+    return tqdm(
+        total=total,
+        desc="reading corpus",
+        unit="B",
+        unit_scale=True,
+        file=sys.stderr,
+        disable=show is False or total < MIN_BYTES or None,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def scoring_bar(name: str, chars: int, show: bool | None = None) -> tqdm:
+    """A bar over the characters of one text being scored."""
+    return tqdm(
+        total=chars,
+        desc=f"scoring {name}",
+        unit="char",
+        unit_scale=True,
+        file=sys.stderr,
+        disable=show is False or chars < MIN_CHARS or None,
+        leave=False,
+        dynamic_ncols=True,
+    )
