@@ -6,10 +6,11 @@ CORPUS ?= corpora/python-stdlib.txt
 DEMO_TIME ?= 3m30s
 TINY_URL := https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
 BENCH_ARGS ?=
+SCALE_ARGS ?=
 TORCH_VERSION := 2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-torch test lint bench demo stress clean
+.PHONY: help install install-torch test lint bench bench-scale demo stress clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_./-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -36,6 +37,9 @@ lint: install  ## ruff check and format check
 
 bench: install  ## speed table vs PyTorch CPU: make bench CORPUS=path/to/text.txt
 	$(PY) benchmarks/bench.py --corpus $(CORPUS) $(BENCH_ARGS)
+
+bench-scale: install  ## start-up, speed, validation share and memory at 10 MB, 100 MB and 1 GB (about 40 minutes)
+	$(PY) benchmarks/scale.py --corpus $(CORPUS) $(SCALE_ARGS)
 
 corpora/python-stdlib.txt corpora/python-heldout.txt: corpora/build_stdlib.py
 	$(PYTHON) corpora/build_stdlib.py corpora/python-stdlib.txt corpora/python-heldout.txt
