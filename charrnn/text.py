@@ -136,6 +136,9 @@ class _Lines:
         self.held_cr = not final and text.endswith("\r")
         if self.held_cr:
             text = text[:-1]
+        if "\r" not in text:  # the common case: one scan for CR and one count, no copies
+            self.breaks += text.count("\n")
+            return text
         self.breaks += _count_breaks(text)
         return text.replace("\r\n", "\n").replace("\r", "\n") if self.normalize else text
 

@@ -69,8 +69,8 @@ class Vocab:
 
     def lookup(self, codepoints: np.ndarray) -> np.ndarray:
         """Ids (int32) of an array of code points, -1 where a code point is not in the vocabulary."""
-        cps = np.asarray(codepoints)
-        return self._table[np.minimum(cps, len(self._table) - 1)]
+        # code points past the table's end read its last entry, -1 (clip: no temporary array)
+        return self._table.take(np.asarray(codepoints), mode="clip")
 
     def encode(self, text: str, unknown: str = "error") -> tuple[np.ndarray, int]:
         """text -> (ids, number of characters skipped). unknown="error" raises CharRNNError
