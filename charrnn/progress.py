@@ -25,30 +25,26 @@ def total_bytes(paths: Sequence) -> int:
     return total
 
 
-def reading_bar(paths: Sequence, passes: int = 2, show: bool | None = None) -> tqdm:
-    """A bar over `passes` reads of the files, in bytes; update it with the bytes read."""
-    total = passes * total_bytes(paths)
+def _bar(total: int, desc: str, unit: str, minimum: int, show: bool | None) -> tqdm:
+    """A transient bar on stderr: off when show is False, for jobs under `minimum`, and (tqdm's
+    own rule, show None) when stderr is not a terminal."""
     return tqdm(
         total=total,
-        desc="reading corpus",
-        unit="B",
+        desc=desc,
+        unit=unit,
         unit_scale=True,
         file=sys.stderr,
-        disable=show is False or total < MIN_BYTES or None,
+        disable=show is False or total < minimum or None,
         leave=False,
         dynamic_ncols=True,
     )
+
+
+def reading_bar(paths: Sequence, passes: int = 2, show: bool | None = None) -> tqdm:
+    """A bar over `passes` reads of the files, in bytes; update it with the bytes read."""
+    return _bar(passes * total_bytes(paths), "reading corpus", "B", MIN_BYTES, show)
 
 
 def scoring_bar(name: str, chars: int, show: bool | None = None) -> tqdm:
     """A bar over the characters of one text being scored."""
-    return tqdm(
-        total=chars,
-        desc=f"scoring {name}",
-        unit="char",
-        unit_scale=True,
-        file=sys.stderr,
-        disable=show is False or chars < MIN_CHARS or None,
-        leave=False,
-        dynamic_ncols=True,
-    )
+    return _bar(chars, f"scoring {name}", "char", MIN_CHARS, show)
