@@ -10,7 +10,7 @@ SCALE_ARGS ?=
 TORCH_VERSION := 2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-torch test lint bench bench-scale demo stress clean
+.PHONY: help install install-torch install-extras test lint bench bench-scale demo stress clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_./-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ install: $(VENV)/.installed  ## create .venv and install charrnn with the dev to
 
 install-torch: install  ## add the optional PyTorch CPU oracle (tests and benchmark baseline)
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+
+install-extras: install  ## add the optional extras whose tests run on a CPU (tune)
+	$(PY) -m pip install -q -e '.[dev,tune]'
 
 test: install  ## run the test suite (PyTorch parity tests run when torch is installed)
 	$(PY) -m pytest -q

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -382,6 +383,81 @@ def perplexity(files, checkpoint, as_json, exact, streams, unknown, workers):
             if as_json
             else f"{d['perplexity']:.6g}"
         )
+
+
+@main.command()
+@click.argument("corpus", nargs=-1, required=True, type=CorpusPath())
+@click.option("--budget", type=Duration(), default="1h", show_default=True, help="Total time, e.g. 30m, 2h.")
+@click.option(
+    "--trial-time",
+    type=Duration(),
+    help="Longest time one trial trains (default: a sixth of the budget, at most 20m).",
+)
+@click.option(
+    "--min-trial-time", type=Duration(), default=60.0, show_default=True, help="First pruning point."
+)
+@click.option(
+    "--trials",
+    type=click.IntRange(0),
+    default=0,
+    help="Stop after this many trials in the study (0: budget).",
+)
+@click.option(
+    "--jobs", type=click.IntRange(1, 64), default=1, show_default=True, help="Trials at once on this machine."
+)
+@click.option(
+    "--storage",
+    default="",
+    help="Optuna storage URL shared by several machines (default: a journal file in -o).",
+)
+@click.option("--study", default="charrnn", show_default=True, help="Study name within the storage.")
+@click.option("--space", "space_file", type=EXISTING_FILE, help="JSON narrowing the search space.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Default: checkpoints/tune-<corpus>/.",
+)
+@click.option("--join", is_flag=True, hidden=True)
+@click.option("--deadline", type=float, hidden=True)
+@click.pass_context
+def tune(
+    ctx,
+    corpus,
+    budget,
+    trial_time,
+    min_trial_time,
+    trials,
+    jobs,
+    storage,
+    study,
+    space_file,
+    output,
+    join,
+    deadline,
+):
+    """Search cell, size, dropout, learning rate and windows within a time budget (Optuna)."""
+    from . import tune as tuning
+
+    paths = expand_paths(corpus)
+    options = tuning.TuneOptions(
+        paths=tuple(map(str, paths)),
+        out_dir=str(output or Path("checkpoints") / f"tune-{paths[0].stem}"),
+        deadline=deadline or time.time() + budget,
+        trial_seconds=trial_time or min(budget / 6, 1200.0),
+        min_trial_seconds=min_trial_time,
+        trials=trials,
+        jobs=jobs,
+        storage=storage,
+        study=study,
+        space_file=str(space_file or ""),
+    )
+    signum = (tuning.optimize if join else tuning.tune)(options)
+    if not join:
+        click.echo(tuning.results_table(options))
+        click.echo(f"best trial's checkpoints: {Path(options.out_dir) / 'best'}", err=True)
+    if signum:
+        ctx.exit(128 + signum)
 
 
 @main.command()

@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -158,6 +159,9 @@ class Trainer:
         self.state = None
         self.runner = model  # what computes steps: the model, or worker processes during run()
         self.last_eval_time: float | None = None
+        # called with each scheduled evaluation's record; a true result stops the run (tuning's pruner)
+        self.on_eval: Callable[[dict], bool] | None = None
+        self.stop_requested: str | None = None
         self.progress = {
             "step": 0,
             "window": 0,
@@ -237,7 +241,7 @@ class Trainer:
             return "max_time"
         if t.patience and p["stale_evals"] >= t.patience:
             return "early_stop"
-        return None
+        return self.stop_requested
 
     def run(self, show_progress: bool | None = None) -> RunResult:
         t, p, model = self.tcfg, self.progress, self.model
@@ -347,6 +351,8 @@ class Trainer:
             file=sys.stderr,
         )
         self.last_eval_time = time.monotonic()
+        if self.on_eval is not None and self.on_eval(record):
+            self.stop_requested = "pruned"
         return record
 
     def has_best(self) -> bool:
