@@ -17,7 +17,7 @@ import click
 from click.core import ParameterSource
 
 from .checkpoint import latest_checkpoint, load_checkpoint
-from .clitypes import CorpusPath, Duration, FiniteFloat
+from .clitypes import CorpusPath, Duration, EscapedText, FiniteFloat
 from .config import CELLS, NONLINEARITIES, ModelConfig, TrainConfig
 from .data import expand_paths
 from .errors import CharRNNError
@@ -282,7 +282,12 @@ def train(ctx, corpus, output, resume, init_from, encoding, errors, newline, unk
 )
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), help="Same seed, same text.")
 @click.option("--num-samples", type=click.IntRange(1, 1024), default=1, show_default=True)
-@click.option("--stop", default="", help="Stop a sample once it has written this string.")
+@click.option(
+    "--stop",
+    type=EscapedText(),
+    default="",
+    help="Stop a sample once it has written this string (\\n: newline).",
+)
 @UNKNOWN
 def sample(
     checkpoint, length, temperature, greedy, top_k, top_p, prime, prime_file, seed, num_samples, stop, unknown
@@ -291,7 +296,6 @@ def sample(
     ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
     if prime_file is not None:
         prime = prime_file.read()
-    stop = stop.encode().decode("unicode_escape") if "\\" in stop else stop
     opts = SampleOptions(
         length, 0.0 if greedy else temperature, top_k, top_p, prime, seed, num_samples, stop, unknown
     )

@@ -81,3 +81,27 @@ class CorpusPath(click.ParamType):
             return Path(text)
         what = "matches no file" if glob.has_magic(text) else "does not exist"
         self.fail(f"{text!r} {what}", param, ctx)
+
+
+_ESCAPE = re.compile(r"\\(?:([ntr\\])|x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8}))")
+_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+class EscapedText(click.ParamType):
+    """Text in which \\n, \\t, \\r, \\\\, \\xNN, \\uNNNN and \\UNNNNNNNN stand for their characters
+    (so a shell argument can hold a newline); everything else, non-ASCII text included, stays as
+    typed. Python's unicode_escape would also decode the UTF-8 bytes of non-ASCII characters
+    one by one, garbling them."""
+
+    name = "text"
+
+    def convert(self, value, param, ctx):
+        def replace(m: re.Match) -> str:
+            if m[1]:
+                return _SIMPLE_ESCAPES[m[1]]
+            code = int(m[2] or m[3] or m[4], 16)
+            if code > 0x10FFFF or 0xD800 <= code < 0xE000:
+                self.fail(f"{m[0]!r} is not a character", param, ctx)
+            return chr(code)
+
+        return _ESCAPE.sub(replace, str(value))

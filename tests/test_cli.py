@@ -288,3 +288,20 @@ def test_large_vocabulary_gets_an_embedding_and_round_trips(tmp_path):
     assert len(generated) == 1 + 300 + 1 and set(generated) <= set(text)  # prime, new text, newline
     scored = json.loads(run("score", "-c", out, corpus, "--json").stdout)
     assert scored["chars"] == len(text) - 1 and math.isfinite(scored["perplexity"])
+
+
+@pytest.mark.parametrize(
+    "typed, meant",
+    [
+        ("。\\n", "。\n"),
+        ("a\\tb", "a\tb"),
+        ("\\\\n", "\\n"),
+        ("\\u00e9t\\xe9", "été"),
+        ("\\q", "\\q"),
+        ("日本", "日本"),
+    ],
+)
+def test_stop_escapes_keep_non_ascii_text(typed, meant):
+    from charrnn.clitypes import EscapedText
+
+    assert EscapedText().convert(typed, None, None) == meant
