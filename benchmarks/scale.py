@@ -1,8 +1,8 @@
 """Does anything but an epoch's length grow with the corpus? `make bench-scale CORPUS=path`.
 
-Builds corpora of each --sizes by repeating the source text (and one of the largest size from
-a mixed-script text of ~3,000 distinct characters, the large-vocabulary case), then, for
-each, in fresh processes and with `charrnn train`'s defaults:
+Builds corpora of each --sizes by repeating the source text (and one of --mixed-size from a
+mixed-script text of ~3,000 distinct characters, the large-vocabulary case), then, for each,
+in fresh processes and with `charrnn train`'s defaults:
 
     start       seconds from the call to the first training step (reading, checking, encoding)
     train       chars/s over --steps steps, evaluations excluded, and the share of the run's wall
@@ -208,7 +208,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="10M,100M,1G")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--score-seconds", type=float, default=30.0)
-    ap.add_argument("--no-mixed", action="store_true", help="skip the large-vocabulary corpus")
+    ap.add_argument("--mixed-size", default="100M", help="the large-vocabulary corpus (0: none)")
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
@@ -224,10 +224,11 @@ def main() -> None:
     source = args.corpus.read_text(encoding="utf-8")
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     corpora = {f"repeated {s:,} B": (source, s) for s in sizes}
-    if not args.no_mixed:
+    mixed_size = parse_size(args.mixed_size)
+    if mixed_size:
         japanese = synthetic_japanese(400_000).splitlines(True)
         mixed = "".join(a + b for a, b in zip(source.splitlines(True)[:20_000], japanese))
-        corpora[f"mixed-script {sizes[-1]:,} B"] = (mixed, sizes[-1])
+        corpora[f"mixed-script {mixed_size:,} B"] = (mixed, mixed_size)
     rows = {}
     try:
         for k, (name, (text, size)) in enumerate(corpora.items()):
