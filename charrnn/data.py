@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 import weakref
@@ -323,7 +324,14 @@ def _memmap_from(
     try:
         directory = tempfile.mkdtemp(prefix="charrnn-") if own_dir else os.fspath(cache_dir)
         os.makedirs(directory, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="corpus-", suffix=".ids", dir=directory)
+        if keep_at is None:
+            fd, name = tempfile.mkstemp(prefix="corpus-", suffix=".ids", dir=directory)
+        else:  # a checkpoint-style temp name: a later run's clean_stale_temp_files removes it
+            # if this process is killed before the rename
+            name = os.path.join(
+                directory, f".{os.path.basename(keep_at)}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+            )
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except OSError as e:
         if own_dir and directory is not None:
             shutil.rmtree(directory, ignore_errors=True)

@@ -265,3 +265,23 @@ def test_a_long_score_matches_the_short_path(tmp_path, monkeypatch):
     monkeypatch.setattr(progress, "MIN_CHARS", 1)
     shown = json.loads(run("score", "-c", out, text, "--json", "--exact").output)
     assert quiet["nats"] == shown["nats"]
+
+
+def test_a_load_killed_before_the_rename_leaves_nothing_behind(tmp_path, big_threshold, monkeypatch):
+    from charrnn.checkpoint import clean_stale_temp_files
+
+    corpus = write(tmp_path / "c.txt", make_text(200))
+    out = tmp_path / "run"
+    out.mkdir()
+
+    def killed(src, dst):
+        raise KeyboardInterrupt  # the moment before the rename
+
+    monkeypatch.setattr(data.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        load_corpus([corpus], keep_at=out / KEPT_IDS)
+    assert list(out.iterdir()) == []  # the scratch file is removed on the way out
+    # and one left by kill -9 has a name that the next run's clean-up removes
+    stale = out / f".{KEPT_IDS}.tmp-99999-0123abcd"
+    stale.write_bytes(b"x")
+    assert clean_stale_temp_files(out) == [stale]
