@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -415,3 +417,29 @@ def test_gpu_resume_is_bitwise_exact_and_may_switch_device(cp, corpus, tmp_path,
     )
     assert on_cpu.exit_code == 0, on_cpu.output
     assert load_checkpoint(tmp_path / "b" / "last.npz").progress["step"] == 20
+
+
+def test_gpu_check_prints_every_part_and_the_table_whatever_fails(tmp_path):
+    # here every part fails (no CuPy, no PyTorch); on a GPU machine they measure tiny models
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--skip-tests", "--json", str(tmp_path / "r.json")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    out = done.stdout
+    sys.path.insert(0, str(script.parent))
+    try:
+        import gpu_check
+    finally:
+        sys.path.pop(0)
+    for name, _ in gpu_check.parts(gpu_check.QUICK):
+        assert f"== {name} " in out, name
+    assert "== table" in out and "| training LSTM 2x64, batch 8 seq 10 |" in out
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    # every part either measured something or said why not, and the exit status tells which
+    failed = out.count("\nfailed: ")
+    assert failed + len(results) == len(gpu_check.parts(gpu_check.QUICK))
+    assert done.returncode == (1 if failed else 0)
+    assert all(r["chars_per_s"] > 0 for r in results.values())
