@@ -7,6 +7,8 @@ The second part needs CuPy and a CUDA device (the `cp` fixture skips it, saying 
 missing): gradient checks on the GPU in float64, CPU against GPU on the same float32 weights,
 the step path against the training path, a GPU-trained checkpoint used on the CPU, and exact
 resume on the GPU. `make gpu-check` runs this file on a lent GPU.
+`PYTHONPATH=tests/cupy_standin` runs the second part against a NumPy stand-in for CuPy, which
+checks the tests and the host/device discipline, not CuPy (see its docstring).
 """
 
 from __future__ import annotations
