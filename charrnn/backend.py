@@ -30,7 +30,7 @@ from .errors import CharRNNError
 
 DEVICES = ("auto", "cpu", "gpu")
 INSTALL_HINT = (
-    "pip install -e '.[gpu]' (CuPy for CUDA 12 drivers and newer; '.[gpu-cuda13]' installs the CUDA 13 build)"
+    "pip install -e '.[gpu]' (CuPy for CUDA 12 drivers and newer; '.[gpu13]' installs the CUDA 13 build)"
 )
 
 
@@ -39,9 +39,10 @@ def _is_cupy(a) -> bool:
 
 
 def array_module(*arrays):
-    """numpy, or cupy when any of arrays is a CuPy array (cupy is then already imported)."""
+    """numpy, or cupy when any of arrays is a CuPy array (cupy is then already imported).
+    Kernels call it once per time step, so a NumPy array costs one type comparison."""
     for a in arrays:
-        if _is_cupy(a):
+        if type(a) is not np.ndarray and _is_cupy(a):
             return sys.modules["cupy"]
     return np
 
@@ -100,6 +101,8 @@ def uniform(rng: np.random.Generator, shape: tuple, xp):
     still decides every mask, so runs repeat and resume exactly on the same device."""
     if xp is np:
         return rng.random(shape, dtype=np.float64)
+    from cupy.cuda import curand  # what cupy.random itself imports the generator kinds from
+
     seed = int(rng.integers(2**63))
-    method = xp.cuda.curand.CURAND_RNG_PSEUDO_PHILOX4_32_10
-    return xp.random.RandomState(seed, method=method).random_sample(shape, dtype=np.float32)
+    philox = xp.random.RandomState(seed, method=curand.CURAND_RNG_PSEUDO_PHILOX4_32_10)
+    return philox.random_sample(shape, dtype=np.float32)

@@ -10,6 +10,7 @@ conversion, any plain NumPy array mixed into an operation, an index or an assign
 TypeError. asarray and asnumpy copy, as a transfer does.
 """
 
+import sys
 import types
 
 import numpy as np
@@ -116,6 +117,7 @@ cuda = types.SimpleNamespace(
     Device=lambda: types.SimpleNamespace(id=0, synchronize=lambda: None),
     curand=types.SimpleNamespace(CURAND_RNG_PSEUDO_PHILOX4_32_10=161),
 )
+sys.modules[__name__ + ".cuda"] = cuda  # for `from cupy.cuda import curand`
 
 
 def get_default_memory_pool():
