@@ -21,8 +21,9 @@ Forward over a window of ids x (N, T):
 Dropout is inverted (kept units scaled by 1 / (1 - p)) and only active when an rng is passed.
 Internally everything is time-major (T, N, .); the API takes and returns batch-major arrays.
 The params' array module (backend.array_module) decides where it all runs: NumPy arrays on the
-CPU, CuPy arrays on a GPU (`model.to(cupy)`). Ids come in as host or device arrays; per-position
-nats (`nll`) go back to the host, logits and states stay where the params are.
+CPU, CuPy arrays on a GPU (`model.to(cupy)`). Ids come in as host (NumPy) arrays and are copied
+to the device once per call; per-position nats (`nll`) go back to the host, logits and states
+stay where the params are.
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ class CharRNN:
         if state is None:
             state = self.initial_state(x.shape[0])
         xp = self.xp
-        ids_t = xp.ascontiguousarray(xp.asarray(x).T)  # (T, N), copied to the device once
+        ids_t = xp.asarray(np.ascontiguousarray(x.T))  # (T, N), copied to the device once
         T, N = ids_t.shape
         xw = self._input_projection(ids_t)  # (T, N, G)
         layers, new_state = [], []
@@ -215,7 +216,7 @@ class CharRNN:
         T, N = ids_t.shape
         logits = top @ p["Wy"] + p["by"]  # (T*N, V)
         xp = self.xp
-        loss, dlogits = softmax_cross_entropy(logits, xp.ascontiguousarray(xp.asarray(y).T).ravel())
+        loss, dlogits = softmax_cross_entropy(logits, xp.asarray(np.ascontiguousarray(y.T).ravel()))
         grads = {"Wy": top.T @ dlogits, "by": dlogits.sum(axis=0)}
         dx = (dlogits @ p["Wy"].T).reshape(T, N, -1)  # (T, N, H)
         for k in range(cfg.num_layers - 1, -1, -1):
@@ -256,7 +257,7 @@ class CharRNN:
         host (one copy per window from a device), state."""
         logits, new_state = self.forward(x, state)
         V = logits.shape[-1]
-        nats = token_nats(logits.reshape(-1, V), self.xp.asarray(y).ravel())
+        nats = token_nats(logits.reshape(-1, V), self.xp.asarray(y.ravel()))
         return to_host(nats).reshape(y.shape), new_state
 
     def step(self, ids, state=None):
