@@ -17,7 +17,12 @@ The CuPy APIs used, all documented NumPy counterparts or device basics:
   - `cupy.random.RandomState(seed, method=CURAND_RNG_PSEUDO_PHILOX4_32_10).random_sample`:
     dropout masks drawn on the device (`uniform`), seeded from the host generator
 Where CuPy needs different code the difference is one named branch, tested on both:
-`uniform` here, `model.scatter_add_rows` (a one-hot product instead of a per-id loop).
+`uniform` here, and `model.onehot_scatter_add_rows` for the gradient of the one-hot input or
+embedding (a few large products instead of the CPU's loop over distinct ids).
+Not used, on purpose: `cupyx.scatter_add`, whose atomic float additions land in a different
+order on every run, so a seeded run would not repeat nor resume bit for bit; `cupy.fuse` and
+`ElementwiseKernel`, which could fuse each time step's gate arithmetic into one launch, until a
+GPU measurement (`make gpu-check`) shows the launches matter.
 """
 
 from __future__ import annotations
