@@ -424,6 +424,12 @@ def test_gpu_resume_is_bitwise_exact_and_may_switch_device(cp, corpus, tmp_path,
     )
     assert on_cpu.exit_code == 0, on_cpu.output
     assert load_checkpoint(tmp_path / "b" / "last.npz").progress["step"] == 20
+    # and the other way: a CPU run resumed on the GPU
+    cpu_first = [*common[:-2], "--device", "cpu"]
+    assert run("train", corpus, "-o", tmp_path / "c", *cpu_first, "--max-steps", 5).exit_code == 0
+    on_gpu = run("train", corpus, "-o", tmp_path / "c", "--resume", "--max-steps", 9, "-q", "--device", "gpu")
+    assert on_gpu.exit_code == 0, on_gpu.output
+    assert load_checkpoint(tmp_path / "c" / "last.npz").progress["step"] == 9
 
 
 def test_gpu_check_prints_every_part_and_the_table_whatever_fails(tmp_path):
