@@ -6,11 +6,12 @@ CORPUS ?= corpora/python-stdlib.txt
 DEMO_TIME ?= 3m30s
 TINY_URL := https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
 BENCH_ARGS ?=
+GPU_CHECK_ARGS ?=
 SCALE_ARGS ?=
 TORCH_VERSION := 2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-torch install-extras test lint bench bench-scale demo stress clean
+.PHONY: help install install-torch install-extras test lint bench bench-scale gpu-check demo stress clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_./-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -43,6 +44,10 @@ bench: install  ## speed table vs PyTorch CPU: make bench CORPUS=path/to/text.tx
 
 bench-scale: install  ## start-up, speed, validation share and memory at 10 MB, 100 MB and 1 GB (about 40 minutes)
 	$(PY) benchmarks/scale.py --corpus $(CORPUS) $(SCALE_ARGS)
+
+# no install step: the GPU machine has CuPy, PyTorch and the rest, and no network
+gpu-check:  ## on an NVIDIA GPU with CuPy and PyTorch: GPU tests, then a table against cuDNN (5 minutes)
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 corpora/python-stdlib.txt corpora/python-heldout.txt: corpora/build_stdlib.py
 	$(PYTHON) corpora/build_stdlib.py corpora/python-stdlib.txt corpora/python-heldout.txt

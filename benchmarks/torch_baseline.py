@@ -4,6 +4,7 @@ Same cell (nn.LSTM / nn.GRU / nn.RNN, whose equations charrnn implements, see ce
 input representation (one-hot rows fed to the cell when embedding_size is 0, else nn.Embedding),
 float32, Adam with PyTorch's defaults, clip_grad_norm_ and truncated BPTT with the state carried
 and detached between windows. Every function mirrors what the charrnn side of the benchmark runs.
+The model's device decides where everything runs (benchmarks/gpu_check.py moves it to CUDA).
 """
 
 from __future__ import annotations
@@ -52,13 +53,14 @@ def _detach(state):
 class Trainer:
     """One training step per call, as charrnn's train loop: forward, loss, backward, clip, Adam."""
 
-    def __init__(self, cfg: dict, lr: float = 2e-3, clip: float = 5.0):
-        self.model = build(cfg)
+    def __init__(self, cfg: dict, lr: float = 2e-3, clip: float = 5.0, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.model = build(cfg).to(self.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.clip, self.state = clip, None
 
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
-        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        x, y = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
         logits, state = self.model(x, self.state)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         self.opt.zero_grad(set_to_none=True)
@@ -91,28 +93,30 @@ class Trainer:
 def sample(model: TorchCharRNN, length: int, num_samples: int, seed: int = 0) -> np.ndarray:
     """Generate length characters per stream, one step of the cell per character, temperature 1.
     -> ids (num_samples, length)."""
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(num_samples, 1, dtype=torch.int64)
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    ids = torch.zeros(num_samples, 1, dtype=torch.int64, device=device)
     state, out = None, []
     for _ in range(length):
         logits, state = model(ids, state)
         probs = torch.softmax(logits[:, -1], dim=-1)
         ids = torch.multinomial(probs, 1, generator=gen)
         out.append(ids)
-    return torch.cat(out, dim=1).numpy()
+    return torch.cat(out, dim=1).cpu().numpy()
 
 
 @torch.no_grad()
 def score(model: TorchCharRNN, rows: np.ndarray, counted_from: np.ndarray, window: int) -> float:
     """Total nats of rows (S, L + 1) of ids predicted from their prefix with carried state, counting
     in row s only targets at positions >= counted_from[s]; windows of `window` characters."""
-    x_all, y_all = torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
-    counted = torch.from_numpy(counted_from)[:, None]
+    device = next(model.parameters()).device
+    x_all, y_all = torch.from_numpy(rows[:, :-1]).to(device), torch.from_numpy(rows[:, 1:]).to(device)
+    counted = torch.from_numpy(counted_from).to(device)[:, None]
     total, state = 0.0, None
     for a in range(0, x_all.shape[1], window):
         x, y = x_all[:, a : a + window], y_all[:, a : a + window]
         logits, state = model(x, state)
         nats = -torch.log_softmax(logits.double(), dim=-1).gather(-1, y[..., None])[..., 0]
-        positions = torch.arange(a, a + x.shape[1])[None, :]
+        positions = torch.arange(a, a + x.shape[1], device=device)[None, :]
         total += float(nats[positions >= counted].sum())
     return total

@@ -29,6 +29,8 @@ so the cache costs G + 2H floats per position and position-wise backward allocat
 `*_step(xw, state, ...) -> (h, state)` runs one step through the same activation code as the
 forward loop, so sampling equals training bit for bit.
 States are tuples: (h,) for RNN and GRU, (h, c) for LSTM.
+Each kernel takes its array functions from its inputs (backend.array_module): NumPy arrays run
+on the CPU, CuPy arrays on the GPU, through the same lines.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import functools
 
 import numpy as np
 
+from .backend import array_module
 from .functional import sigmoid_, sigmoid_neg_
 
 LSTM_GATES = ("i", "f", "o", "g")
@@ -48,19 +51,21 @@ GATES = {"rnn": 1, "lstm": len(LSTM_GATES), "gru": len(GRU_GATES)}
 
 
 def _rnn_activate(a: np.ndarray, relu: bool) -> None:
+    xp = array_module(a)
     if relu:
-        np.maximum(a, 0, out=a)
+        xp.maximum(a, 0, out=a)
     else:
-        np.tanh(a, out=a)
+        xp.tanh(a, out=a)
 
 
 def rnn_forward(xw, state, Wh, relu=False):
     """xw (T, N, H), state (h0 (N, H),), Wh (H, H) -> hs (T, N, H), (hT,), cache."""
+    xp = array_module(xw)
     T, N, H = xw.shape
-    hbuf = np.empty((T + 1, N, H), dtype=xw.dtype)
+    hbuf = xp.empty((T + 1, N, H), dtype=xw.dtype)
     hbuf[0] = state[0]
     for t in range(T):
-        np.matmul(hbuf[t], Wh, out=hbuf[t + 1])
+        xp.matmul(hbuf[t], Wh, out=hbuf[t + 1])
         hbuf[t + 1] += xw[t]
         _rnn_activate(hbuf[t + 1], relu)
     return hbuf[1:], (hbuf[T].copy(),), (hbuf, Wh, relu)
@@ -68,20 +73,21 @@ def rnn_forward(xw, state, Wh, relu=False):
 
 def rnn_backward(dhs, dstate, cache):
     """dhs (T, N, H), dstate (dhT,) or None -> dxw (T, N, H), (dh0,), {"Wh": (H, H)}."""
+    xp = array_module(dhs)
     hbuf, Wh, relu = cache
     T, N, H = dhs.shape
-    da = np.empty_like(dhs)
-    dh = np.zeros((N, H), dhs.dtype) if dstate is None else dstate[0].copy()
+    da = xp.empty_like(dhs)
+    dh = xp.zeros((N, H), dhs.dtype) if dstate is None else dstate[0].copy()
     for t in range(T - 1, -1, -1):
         dh += dhs[t]
         h = hbuf[t + 1]
         if relu:
-            np.multiply(dh, h > 0, out=da[t])
+            xp.multiply(dh, h > 0, out=da[t])
         else:
-            np.multiply(h, h, out=da[t])
-            np.subtract(1, da[t], out=da[t])
+            xp.multiply(h, h, out=da[t])
+            xp.subtract(1, da[t], out=da[t])
             da[t] *= dh
-        np.matmul(da[t], Wh.T, out=dh)
+        xp.matmul(da[t], Wh.T, out=dh)
     dWh = hbuf[:-1].reshape(T * N, H).T @ da.reshape(T * N, H)
     return da, (dh,), {"Wh": dWh}
 
@@ -98,57 +104,60 @@ def rnn_step(xw, state, Wh, relu=False):
 
 
 @functools.cache
-def _lstm_exp_scale(H: int, dtype: np.dtype) -> np.ndarray:
-    """(4H,) row: -1 over i, f, o and -2 over g. Scaling the pre-activations by it lets one
-    exp over the whole contiguous (N, 4H) block serve every gate: sigmoid(a) = 1 / (1 + exp(-a))
-    and tanh(a) = 2 sigmoid(2a) - 1. Scaling by a power of two is exact."""
+def _lstm_exp_scale(xp, H: int, dtype: np.dtype):
+    """(4H,) row on xp's device: -1 over i, f, o and -2 over g. Scaling the pre-activations by
+    it lets one exp over the whole contiguous (N, 4H) block serve every gate:
+    sigmoid(a) = 1 / (1 + exp(-a)) and tanh(a) = 2 sigmoid(2a) - 1. Scaling by a power of two is
+    exact. Cached per array module, so each device builds its copy once."""
     scale = np.full(4 * H, -1.0, dtype)
     scale[3 * H :] = -2.0
     scale.flags.writeable = False
-    return scale
+    return xp.asarray(scale)
 
 
 def _lstm_activate(a, c_prev, peep, c_out, tanh_c_out, h_out, tmp):
     """Turn pre-activations a (N, 4H) into i, f, o, g in place and write c_t, tanh(c_t), h_t;
     tmp (N, H) is scratch."""
+    xp = array_module(a)
     H = c_prev.shape[1]
     i, f, o, g = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
-    a *= _lstm_exp_scale(H, a.dtype)
+    a *= _lstm_exp_scale(xp, H, a.dtype)
     if peep is None:
         sigmoid_neg_(a)
     else:  # the o gate sees c_t, so it waits; the scaled peephole terms enter with a minus
-        np.multiply(peep[:H], c_prev, out=tmp)
+        xp.multiply(peep[:H], c_prev, out=tmp)
         i -= tmp
-        np.multiply(peep[H : 2 * H], c_prev, out=tmp)
+        xp.multiply(peep[H : 2 * H], c_prev, out=tmp)
         f -= tmp
         sigmoid_neg_(a[:, : 2 * H])
         sigmoid_neg_(g)
     g *= 2.0  # g held sigmoid(2 a_g)
     g -= 1.0
-    np.multiply(f, c_prev, out=c_out)
-    np.multiply(i, g, out=tmp)
+    xp.multiply(f, c_prev, out=c_out)
+    xp.multiply(i, g, out=tmp)
     c_out += tmp
     if peep is not None:
-        np.multiply(peep[2 * H :], c_out, out=tmp)
+        xp.multiply(peep[2 * H :], c_out, out=tmp)
         o -= tmp
         sigmoid_neg_(o)
-    np.tanh(c_out, out=tanh_c_out)
-    np.multiply(o, tanh_c_out, out=h_out)
+    xp.tanh(c_out, out=tanh_c_out)
+    xp.multiply(o, tanh_c_out, out=h_out)
 
 
 def lstm_forward(xw, state, Wh, peep=None):
     """xw (T, N, 4H), state (h0, c0) each (N, H), Wh (H, 4H), peep (3H,) ordered i, f, o or None
     -> hs (T, N, H), (hT, cT), cache."""
+    xp = array_module(xw)
     T, N, G = xw.shape
     H = G // 4
-    gates = np.empty_like(xw)  # activated i, f, o, g; later their gradients
-    hbuf = np.empty((T + 1, N, H), dtype=xw.dtype)
-    cbuf = np.empty((T + 1, N, H), dtype=xw.dtype)
-    tanh_c = np.empty((T, N, H), dtype=xw.dtype)
-    tmp = np.empty((N, H), dtype=xw.dtype)
+    gates = xp.empty_like(xw)  # activated i, f, o, g; later their gradients
+    hbuf = xp.empty((T + 1, N, H), dtype=xw.dtype)
+    cbuf = xp.empty((T + 1, N, H), dtype=xw.dtype)
+    tanh_c = xp.empty((T, N, H), dtype=xw.dtype)
+    tmp = xp.empty((N, H), dtype=xw.dtype)
     hbuf[0], cbuf[0] = state
     for t in range(T):
-        np.matmul(hbuf[t], Wh, out=gates[t])
+        xp.matmul(hbuf[t], Wh, out=gates[t])
         gates[t] += xw[t]
         _lstm_activate(gates[t], cbuf[t], peep, cbuf[t + 1], tanh_c[t], hbuf[t + 1], tmp)
     cache = (gates, hbuf, cbuf, tanh_c, Wh, peep)
@@ -162,58 +171,59 @@ def lstm_backward(dhs, dstate, cache):
     Each step first collects the gradient of every gate's value into dv (N, 4H), then turns the
     whole contiguous block into pre-activation gradients with two passes: strided per-gate
     slices cost two to four times as much per element in NumPy."""
+    xp = array_module(dhs)
     gates, hbuf, cbuf, tanh_c, Wh, peep = cache
     T, N, H = dhs.shape
     if dstate is None:
-        dh, dc = np.zeros((N, H), dhs.dtype), np.zeros((N, H), dhs.dtype)
+        dh, dc = xp.zeros((N, H), dhs.dtype), xp.zeros((N, H), dhs.dtype)
     else:
         dh, dc = dstate[0].copy(), dstate[1].copy()
-    WhT = np.ascontiguousarray(Wh.T)  # a contiguous B is ~5% faster for the small products
-    tmp = np.empty((N, H), dhs.dtype)
-    dv, deriv = np.empty((N, 4 * H), dhs.dtype), np.empty((N, 4 * H), dhs.dtype)
+    WhT = xp.ascontiguousarray(Wh.T)  # a contiguous B is ~5% faster for the small products
+    tmp = xp.empty((N, H), dhs.dtype)
+    dv, deriv = xp.empty((N, 4 * H), dhs.dtype), xp.empty((N, 4 * H), dhs.dtype)
     dv_i, dv_f, dv_o, dv_g = dv[:, :H], dv[:, H : 2 * H], dv[:, 2 * H : 3 * H], dv[:, 3 * H :]
     for t in range(T - 1, -1, -1):
         dh += dhs[t]
         a = gates[t]
         i, f, o, g = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
         tc, c_prev = tanh_c[t], cbuf[t]
-        np.multiply(dh, tc, out=dv_o)  # h = o * tanh(c)
-        np.multiply(tc, tc, out=tmp)  # dc += dh * o * (1 - tanh(c)^2)
-        np.subtract(1.0, tmp, out=tmp)
+        xp.multiply(dh, tc, out=dv_o)  # h = o * tanh(c)
+        xp.multiply(tc, tc, out=tmp)  # dc += dh * o * (1 - tanh(c)^2)
+        xp.subtract(1.0, tmp, out=tmp)
         tmp *= o
         tmp *= dh
         dc += tmp
         if peep is not None:  # o's pre-activation saw c_t: its gradient reaches dc now
-            np.subtract(1.0, o, out=tmp)
+            xp.subtract(1.0, o, out=tmp)
             tmp *= o
             tmp *= dv_o
             tmp *= peep[2 * H :]
             dc += tmp
-        np.multiply(dc, g, out=dv_i)  # c = f * c_prev + i * g
-        np.multiply(dc, i, out=dv_g)
-        np.multiply(dc, c_prev, out=dv_f)
+        xp.multiply(dc, g, out=dv_i)  # c = f * c_prev + i * g
+        xp.multiply(dc, i, out=dv_g)
+        xp.multiply(dc, c_prev, out=dv_f)
         dc *= f
         # activation derivatives over the whole block: (1 - a) * a for the sigmoid gates and
         # (1 - g) * (1 + g) = 1 - g^2 for g, after g's slot gets its + 1
-        np.subtract(1.0, a, out=deriv)
+        xp.subtract(1.0, a, out=deriv)
         g += 1.0
         a *= deriv
         a *= dv
         if peep is not None:
-            np.multiply(i, peep[:H], out=tmp)
+            xp.multiply(i, peep[:H], out=tmp)
             dc += tmp
-            np.multiply(f, peep[H : 2 * H], out=tmp)
+            xp.multiply(f, peep[H : 2 * H], out=tmp)
             dc += tmp
-        np.matmul(a, WhT, out=dh)
+        xp.matmul(a, WhT, out=dh)
     dxw = gates
     flat = dxw.reshape(T * N, 4 * H)
     grads = {"Wh": hbuf[:-1].reshape(T * N, H).T @ flat}
     if peep is not None:
-        grads["peep"] = np.concatenate(
+        grads["peep"] = xp.concatenate(
             [
-                np.einsum("tnh,tnh->h", dxw[:, :, :H], cbuf[:-1]),
-                np.einsum("tnh,tnh->h", dxw[:, :, H : 2 * H], cbuf[:-1]),
-                np.einsum("tnh,tnh->h", dxw[:, :, 2 * H : 3 * H], cbuf[1:]),
+                xp.einsum("tnh,tnh->h", dxw[:, :, :H], cbuf[:-1]),
+                xp.einsum("tnh,tnh->h", dxw[:, :, H : 2 * H], cbuf[:-1]),
+                xp.einsum("tnh,tnh->h", dxw[:, :, 2 * H : 3 * H], cbuf[1:]),
             ]
         )
     return dxw, (dh, dc), grads
@@ -221,11 +231,12 @@ def lstm_backward(dhs, dstate, cache):
 
 def lstm_step(xw, state, Wh, peep=None):
     """xw (N, 4H), state (h, c) each (N, H) -> h (N, H), (h, c)."""
+    xp = array_module(xw)
     h, c = state
     a = h @ Wh
     a += xw
-    c_new, tanh_c, h_new = np.empty_like(c), np.empty_like(c), np.empty_like(h)
-    _lstm_activate(a, c, peep, c_new, tanh_c, h_new, np.empty_like(c))
+    c_new, tanh_c, h_new = xp.empty_like(c), xp.empty_like(c), xp.empty_like(h)
+    _lstm_activate(a, c, peep, c_new, tanh_c, h_new, xp.empty_like(c))
     return h_new, (h_new, c_new)
 
 
@@ -235,29 +246,31 @@ def lstm_step(xw, state, Wh, peep=None):
 def _gru_activate(a, xw, h_prev, bhn, hn_out, h_out):
     """a (N, 3H) holds h_prev @ Wh on entry and r, z, n on exit; writes h_prev @ Wh_n + b_hn
     to hn_out and h_t to h_out."""
+    xp = array_module(a)
     H = h_prev.shape[1]
     a[:, : 2 * H] += xw[:, : 2 * H]
     sigmoid_(a[:, : 2 * H])
     r, z, n = a[:, :H], a[:, H : 2 * H], a[:, 2 * H :]
-    np.add(n, bhn, out=hn_out)
-    np.multiply(r, hn_out, out=n)
+    xp.add(n, bhn, out=hn_out)
+    xp.multiply(r, hn_out, out=n)
     n += xw[:, 2 * H :]
-    np.tanh(n, out=n)
-    np.subtract(h_prev, n, out=h_out)  # h = n + z * (h_prev - n)
+    xp.tanh(n, out=n)
+    xp.subtract(h_prev, n, out=h_out)  # h = n + z * (h_prev - n)
     h_out *= z
     h_out += n
 
 
 def gru_forward(xw, state, Wh, bhn):
     """xw (T, N, 3H), state (h0 (N, H),), Wh (H, 3H), bhn (H,) -> hs (T, N, H), (hT,), cache."""
+    xp = array_module(xw)
     T, N, G = xw.shape
     H = G // 3
-    gates = np.empty_like(xw)  # r, z, n; later the gradients of a_r, a_z and of hn
-    hn = np.empty((T, N, H), dtype=xw.dtype)  # h @ Wh_n + b_hn; later the gradient of a_n
-    hbuf = np.empty((T + 1, N, H), dtype=xw.dtype)
+    gates = xp.empty_like(xw)  # r, z, n; later the gradients of a_r, a_z and of hn
+    hn = xp.empty((T, N, H), dtype=xw.dtype)  # h @ Wh_n + b_hn; later the gradient of a_n
+    hbuf = xp.empty((T + 1, N, H), dtype=xw.dtype)
     hbuf[0] = state[0]
     for t in range(T):
-        np.matmul(hbuf[t], Wh, out=gates[t])
+        xp.matmul(hbuf[t], Wh, out=gates[t])
         _gru_activate(gates[t], xw[t], hbuf[t], bhn, hn[t], hbuf[t + 1])
     return hbuf[1:], (hbuf[T].copy(),), (gates, hn, hbuf, Wh)
 
@@ -265,32 +278,33 @@ def gru_forward(xw, state, Wh, bhn):
 def gru_backward(dhs, dstate, cache):
     """dhs (T, N, H), dstate (dhT,) or None -> dxw (T, N, 3H), (dh0,),
     {"Wh": (H, 3H), "bhn": (H,)}."""
+    xp = array_module(dhs)
     gates, hn, hbuf, Wh = cache
     T, N, H = dhs.shape
-    dh = np.zeros((N, H), dhs.dtype) if dstate is None else dstate[0].copy()
-    tmp, dh_direct = np.empty((N, H), dhs.dtype), np.empty((N, H), dhs.dtype)
+    dh = xp.zeros((N, H), dhs.dtype) if dstate is None else dstate[0].copy()
+    tmp, dh_direct = xp.empty((N, H), dhs.dtype), xp.empty((N, H), dhs.dtype)
     for t in range(T - 1, -1, -1):
         dh += dhs[t]
         a = gates[t]
         r, z, n = a[:, :H], a[:, H : 2 * H], a[:, 2 * H :]
-        np.subtract(hbuf[t], n, out=tmp)  # dz = dh * (h_prev - n)
+        xp.subtract(hbuf[t], n, out=tmp)  # dz = dh * (h_prev - n)
         tmp *= dh
-        np.subtract(1, z, out=dh_direct)  # da_n = dh * (1 - z) * (1 - n^2), into n's slot
+        xp.subtract(1, z, out=dh_direct)  # da_n = dh * (1 - z) * (1 - n^2), into n's slot
         n *= n
-        np.subtract(1, n, out=n)
+        xp.subtract(1, n, out=n)
         n *= dh_direct
         n *= dh
-        np.multiply(dh, z, out=dh_direct)  # the path h_prev -> h that skips Wh
+        xp.multiply(dh, z, out=dh_direct)  # the path h_prev -> h that skips Wh
         tmp *= z  # da_z = dz * z * (1 - z)
-        np.subtract(1, z, out=z)
+        xp.subtract(1, z, out=z)
         z *= tmp
-        np.multiply(n, hn[t], out=tmp)  # dr = da_n * hn
+        xp.multiply(n, hn[t], out=tmp)  # dr = da_n * hn
         hn[t] = n  # hn's slot keeps da_n, the input-side gradient of the n gate
         n *= r  # n's slot becomes d(hn) = da_n * r, the recurrent-side one
         tmp *= r  # da_r = dr * r * (1 - r)
-        np.subtract(1, r, out=r)
+        xp.subtract(1, r, out=r)
         r *= tmp
-        np.matmul(a, Wh.T, out=dh)
+        xp.matmul(a, Wh.T, out=dh)
         dh += dh_direct
     flat = gates.reshape(T * N, 3 * H)
     grads = {"Wh": hbuf[:-1].reshape(T * N, H).T @ flat, "bhn": gates[:, :, 2 * H :].sum(axis=(0, 1))}
@@ -300,8 +314,9 @@ def gru_backward(dhs, dstate, cache):
 
 def gru_step(xw, state, Wh, bhn):
     """xw (N, 3H), state (h (N, H),) -> h (N, H), (h,)."""
+    xp = array_module(xw)
     h = state[0]
     a = h @ Wh
-    hn, h_new = np.empty_like(h), np.empty_like(h)
+    hn, h_new = xp.empty_like(h), xp.empty_like(h)
     _gru_activate(a, xw, h, bhn, hn, h_new)
     return h_new, (h_new,)

@@ -15,7 +15,8 @@ list, each member's declared size (against the file's size, deflate's maximum ra
 the config allows: zip bombs) and each .npy header (dtype, order and exact shape against the
 config: shape bombs). Only then is data read, through zipfile's CRC check. Values are checked
 last: a sorted, valid vocabulary and finite floats. The saver applies the same checks, so a
-file the loader would refuse is never written.
+file the loader would refuse is never written. Arrays are written from the host (a model
+trained on a GPU saves NumPy copies), so every checkpoint is device-free.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
+from .backend import to_host
 from .config import ModelConfig, TrainConfig
 from .errors import CheckpointError
 from .model import CharRNN, param_shapes
@@ -267,6 +269,9 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
 
 def _arrays_of(ckpt: Checkpoint) -> dict[str, np.ndarray]:
     """The members of ckpt's file, meta first, checked against the layout and _check_values."""
+    ckpt = dataclasses.replace(
+        ckpt, params=to_host(ckpt.params), optimizer=to_host(ckpt.optimizer), hidden=to_host(ckpt.hidden)
+    )
     cfg = ckpt.model_config
     dtypes = sorted({p.dtype.name for p in ckpt.params.values()})
     if len(dtypes) != 1:

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from .backend import DEVICES, resolve_device
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .clitypes import CorpusPath, Duration, EscapedText, FiniteFloat
 from .config import CELLS, NONLINEARITIES, ModelConfig, TrainConfig
@@ -42,6 +43,12 @@ WORKERS = click.option(
     "--workers", type=click.IntRange(0, 1024), default=TrainConfig.workers,
     help="Processes sharing the streams, one BLAS thread each (0: one per CPU core, at most one "
     "per 8 streams; 1: none). Scoring uses them for texts of 100,000 characters or more.",
+)  # fmt: skip
+
+DEVICE = click.option(
+    "--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+    help="Where to compute: gpu needs CuPy (pip install -e '.[gpu]'); auto uses a GPU when CuPy "
+    "finds one, else the CPU. Checkpoints work on either.",
 )  # fmt: skip
 
 
@@ -228,12 +235,14 @@ TRAIN_OPTIONS = (
     help="With --init-from: characters of the corpus that the checkpoint does not know.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@DEVICE
 @click.pass_context
-def train(ctx, corpus, output, resume, init_from, encoding, errors, newline, unknown, quiet, **_):
+def train(ctx, corpus, output, resume, init_from, encoding, errors, newline, unknown, quiet, device, **_):
     """Train a model on text files, directories of them or quoted glob patterns (e.g. 'books/*.txt'),
     joined in order; a newline is added after a file that does not end with one."""
     if resume and init_from:
         raise click.UsageError("--resume and --init-from exclude each other")
+    xp = resolve_device(device)
     p = ctx.params
     fresh = not (resume or init_from)
     model_options = {n: p[n] for n in MODEL_OPTIONS} if fresh else given(ctx, MODEL_OPTIONS)
@@ -250,6 +259,7 @@ def train(ctx, corpus, output, resume, init_from, encoding, errors, newline, unk
         given(ctx, ("encoding", "errors", "newline")),
         show_progress=False if quiet else None,
     )
+    trainer.to_device(xp)
     click.echo(summary_line(trainer), err=True)
     result = trainer.run(show_progress=False if quiet else None)
     best = (
@@ -289,10 +299,24 @@ def train(ctx, corpus, output, resume, init_from, encoding, errors, newline, unk
     help="Stop a sample once it has written this string (\\n: newline).",
 )
 @UNKNOWN
+@DEVICE
 def sample(
-    checkpoint, length, temperature, greedy, top_k, top_p, prime, prime_file, seed, num_samples, stop, unknown
+    checkpoint,
+    length,
+    temperature,
+    greedy,
+    top_k,
+    top_p,
+    prime,
+    prime_file,
+    seed,
+    num_samples,
+    stop,
+    unknown,
+    device,
 ):
     """Write new text in the style of the training corpus (streams to stdout)."""
+    xp = resolve_device(device)
     ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
     if prime_file is not None:
         prime = prime_file.read()
@@ -301,7 +325,7 @@ def sample(
     )
     texts = [[] for _ in range(num_samples)]
     live = num_samples == 1
-    for pieces in generate(ckpt.model(), ckpt.vocab, opts):
+    for pieces in generate(ckpt.model().to(xp), ckpt.vocab, opts):
         if live:
             sys.stdout.write(pieces[0])
             sys.stdout.flush()
@@ -311,9 +335,9 @@ def sample(
     sys.stdout.write("\n" if live else "\n\n".join("".join(t) for t in texts) + "\n")
 
 
-def _scores(checkpoint, files, exact, streams, unknown, workers):
+def _scores(checkpoint, files, exact, streams, unknown, workers, xp):
     ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
-    model = ckpt.model()
+    model = ckpt.model().to(xp)
     streams = 1 if exact else streams
     return [score_file(model, ckpt.vocab, ckpt.text_policy, f, streams, unknown, workers) for f in files]
 
@@ -338,23 +362,25 @@ EXACT = click.option("--exact", is_flag=True, help="One stream over the whole te
 @STREAMS
 @UNKNOWN
 @WORKERS
-def score(files, checkpoint, as_json, per_line, show_surprisal, exact, streams, unknown, workers):
+@DEVICE
+def score(files, checkpoint, as_json, per_line, show_surprisal, exact, streams, unknown, workers, device):
     """How well the model predicts each file: nats/char, bits/char, perplexity."""
+    xp = resolve_device(device)
     if show_surprisal:
         ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+        model = ckpt.model().to(xp)
         for f in files:
             ids, _ = ckpt.vocab.encode(read_text(f, ckpt.text_policy), unknown=unknown)
             # colour is the whole point of this view, so it stays on when piped (e.g. into less -R)
-            click.echo(render_surprisal(ckpt.vocab.decode(ids), surprisal(ckpt.model(), ids)), color=True)
+            click.echo(render_surprisal(ckpt.vocab.decode(ids), surprisal(model, ids)), color=True)
         click.echo(surprisal_legend(), err=True, color=True)
         return
     if per_line:
         ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
-        results = [
-            s for f in files for s in score_lines(ckpt.model(), ckpt.vocab, ckpt.text_policy, f, unknown)
-        ]
+        model = ckpt.model().to(xp)
+        results = [s for f in files for s in score_lines(model, ckpt.vocab, ckpt.text_policy, f, unknown)]
     else:
-        results = _scores(checkpoint, files, exact, streams, unknown, workers)
+        results = _scores(checkpoint, files, exact, streams, unknown, workers, xp)
     if as_json:
         for r in results:
             click.echo(json.dumps(r.to_dict()))
@@ -378,9 +404,10 @@ def score(files, checkpoint, as_json, per_line, show_surprisal, exact, streams, 
 @STREAMS
 @UNKNOWN
 @WORKERS
-def perplexity(files, checkpoint, as_json, exact, streams, unknown, workers):
+@DEVICE
+def perplexity(files, checkpoint, as_json, exact, streams, unknown, workers, device):
     """Print only the perplexity of each file, one per line."""
-    for r in _scores(checkpoint, files, exact, streams, unknown, workers):
+    for r in _scores(checkpoint, files, exact, streams, unknown, workers, resolve_device(device)):
         d = r.to_dict()
         click.echo(
             json.dumps({"file": r.name, "perplexity": d["perplexity"]})

@@ -20,6 +20,10 @@ Forward over a window of ids x (N, T):
     logits = dropout(hs_top) @ Wy + by              loss = mean cross-entropy over N*T
 Dropout is inverted (kept units scaled by 1 / (1 - p)) and only active when an rng is passed.
 Internally everything is time-major (T, N, .); the API takes and returns batch-major arrays.
+The params' array module (backend.array_module) decides where it all runs: NumPy arrays on the
+CPU, CuPy arrays on a GPU (`model.to(cupy)`). Ids come in as host (NumPy) arrays and are copied
+to the device once per call; per-position nats (`nll`) go back to the host, logits and states
+stay where the params are.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import cells
+from .backend import array_module, to_device, to_host, uniform
 from .config import ModelConfig
 from .functional import softmax_cross_entropy, token_nats
 
@@ -78,13 +83,18 @@ def init_params(cfg: ModelConfig, rng: np.random.Generator, dtype=np.float32) ->
     return params
 
 
+# positions * rows of one block of the GPU's one-hot product (float32: 64 MiB)
+ONEHOT_ELEMENTS = 1 << 24
+
+
 def scatter_add_rows(ids: np.ndarray, rows: np.ndarray, num_rows: int) -> np.ndarray:
     """out[v] = sum of rows[m] where ids[m] == v. ids (M,), rows (M, D) -> (num_rows, D).
 
-    Sorting, then summing each run of equal ids as one contiguous block, costs O(M * D) plus a
-    Python step per distinct id, whatever num_rows is. A one-hot product costs
-    O(M * D * num_rows); np.add.at and np.add.reduceat along axis 0 are over ten times slower
-    (about 55 ms for M = 6400, D = 1024, against 4 ms here: docs/BENCHMARKS.md)."""
+    The CPU's form (a GPU uses onehot_scatter_add_rows). Sorting, then summing each run of equal
+    ids as one contiguous block, costs O(M * D) plus a Python step per distinct id, whatever
+    num_rows is. A one-hot product costs O(M * D * num_rows) on a CPU; np.add.at and
+    np.add.reduceat along axis 0 are over ten times slower (about 55 ms for M = 6400, D = 1024,
+    against 4 ms here: docs/BENCHMARKS.md)."""
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     starts = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))
@@ -93,6 +103,21 @@ def scatter_add_rows(ids: np.ndarray, rows: np.ndarray, num_rows: int) -> np.nda
     out = np.zeros((num_rows, rows.shape[1]), rows.dtype)
     for v, a, b in zip(sorted_ids[starts].tolist(), starts.tolist(), ends.tolist()):
         np.add.reduce(sorted_rows[a:b], axis=0, out=out[v])
+    return out
+
+
+def onehot_scatter_add_rows(xp, ids, rows, num_rows: int):
+    """scatter_add_rows as products one-hot(ids).T @ rows, over blocks of positions whose
+    one-hot (num_rows, m) stays within ONEHOT_ELEMENTS. The GPU's form: a handful of large
+    products instead of a kernel launch per distinct id, and, unlike an atomic scatter-add
+    (cupyx.scatter_add), a fixed order of additions, so a seeded run repeats bit for bit."""
+    out = xp.zeros((num_rows, rows.shape[1]), rows.dtype)
+    block = max(1, ONEHOT_ELEMENTS // num_rows)
+    for a in range(0, len(ids), block):
+        part = ids[a : a + block]
+        onehot = xp.zeros((num_rows, len(part)), rows.dtype)
+        onehot[part, xp.arange(len(part))] = 1
+        out += onehot @ rows[a : a + block]
     return out
 
 
@@ -112,6 +137,15 @@ class CharRNN:
     def dtype(self):
         return self.params["Wy"].dtype
 
+    @property
+    def xp(self):
+        """numpy or cupy: where the params live, and so where the model computes."""
+        return array_module(self.params["Wy"])
+
+    def to(self, xp) -> "CharRNN":
+        """This model with its params on xp's device (itself when they are there already)."""
+        return self if xp is self.xp else CharRNN(self.config, to_device(self.params, xp))
+
     def num_params(self) -> int:
         return sum(p.size for p in self.params.values())
 
@@ -120,7 +154,8 @@ class CharRNN:
         n = 2 if self.config.cell == "lstm" else 1
         H = self.config.hidden_size
         return tuple(
-            tuple(np.zeros((batch, H), self.dtype) for _ in range(n)) for _ in range(self.config.num_layers)
+            tuple(self.xp.zeros((batch, H), self.dtype) for _ in range(n))
+            for _ in range(self.config.num_layers)
         )
 
     def _recurrent(self, k: int) -> dict:
@@ -135,11 +170,11 @@ class CharRNN:
         p = self.config.dropout
         if rng is None or p == 0.0:
             return None
-        keep = rng.random(shape, dtype=np.float64) >= p
+        keep = uniform(rng, shape, self.xp) >= p
         return keep.astype(self.dtype) / self.dtype.type(1.0 - p)
 
     def _input_projection(self, ids_t: np.ndarray) -> np.ndarray:
-        """ids_t (T, N) or (N,) -> layer 0's xw (T, N, G) or (N, G)."""
+        """ids_t (T, N) or (N,), on the params' device -> layer 0's xw (T, N, G) or (N, G)."""
         p = self.params
         if "embed" in p:
             return p["embed"][ids_t] @ p["l0.Wx"] + p["l0.b"]
@@ -152,7 +187,8 @@ class CharRNN:
         p, cfg = self.params, self.config
         if state is None:
             state = self.initial_state(x.shape[0])
-        ids_t = np.ascontiguousarray(x.T)  # (T, N)
+        xp = self.xp
+        ids_t = xp.asarray(np.ascontiguousarray(x.T))  # (T, N), copied to the device once
         T, N = ids_t.shape
         xw = self._input_projection(ids_t)  # (T, N, G)
         layers, new_state = [], []
@@ -177,7 +213,8 @@ class CharRNN:
         top, new_state, (ids_t, layers) = self._run(x, state, rng)
         T, N = ids_t.shape
         logits = top @ p["Wy"] + p["by"]  # (T*N, V)
-        loss, dlogits = softmax_cross_entropy(logits, np.ascontiguousarray(y.T).ravel())
+        xp = self.xp
+        loss, dlogits = softmax_cross_entropy(logits, xp.asarray(np.ascontiguousarray(y.T).ravel()))
         grads = {"Wy": top.T @ dlogits, "by": dlogits.sum(axis=0)}
         dx = (dlogits @ p["Wy"].T).reshape(T, N, -1)  # (T, N, H)
         for k in range(cfg.num_layers - 1, -1, -1):
@@ -195,10 +232,16 @@ class CharRNN:
         ids = ids_t.ravel()
         if "embed" in p:
             grads["l0.Wx"] = p["embed"][ids].T @ dxw_flat
-            grads["embed"] = scatter_add_rows(ids, dxw_flat @ p["l0.Wx"].T, cfg.vocab_size)
+            grads["embed"] = self._scatter_add_rows(ids, dxw_flat @ p["l0.Wx"].T)
         else:
-            grads["l0.Wx"] = scatter_add_rows(ids, dxw_flat, cfg.vocab_size)
+            grads["l0.Wx"] = self._scatter_add_rows(ids, dxw_flat)
         return loss, grads, new_state
+
+    def _scatter_add_rows(self, ids, rows):
+        """The gradient of a row gather over the vocabulary: (M,), (M, D) -> (V, D)."""
+        if self.xp is np:
+            return scatter_add_rows(ids, rows, self.config.vocab_size)
+        return onehot_scatter_add_rows(self.xp, ids, rows, self.config.vocab_size)
 
     def forward(self, x, state=None):
         """Logits for every position, no dropout. x (N, T) -> logits (N, T, V), final state."""
@@ -208,17 +251,19 @@ class CharRNN:
         return logits.transpose(1, 0, 2), new_state
 
     def nll(self, x, y, state=None):
-        """Negative log-likelihood in nats of each target. x, y (N, T) -> (N, T) float64, state."""
+        """Negative log-likelihood in nats of each target. x, y (N, T) -> (N, T) float64 on the
+        host (one copy per window from a device), state."""
         logits, new_state = self.forward(x, state)
         V = logits.shape[-1]
-        return token_nats(logits.reshape(-1, V), y.ravel()).reshape(y.shape), new_state
+        nats = token_nats(logits.reshape(-1, V), self.xp.asarray(y.ravel()))
+        return to_host(nats).reshape(y.shape), new_state
 
     def step(self, ids, state=None):
         """One character per stream, as in sampling. ids (N,) -> logits (N, V), state."""
         p = self.params
         if state is None:
             state = self.initial_state(len(ids))
-        xw = self._input_projection(np.asarray(ids))  # (N, G)
+        xw = self._input_projection(self.xp.asarray(ids))  # (N, G)
         new_state = []
         for k in range(self.config.num_layers):
             h, s = self._step(xw, state[k], **self._recurrent(k))

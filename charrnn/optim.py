@@ -4,7 +4,8 @@ Adam follows PyTorch's formulation so that the two optimise identically:
     m = b1 m + (1 - b1) g          v = b2 v + (1 - b2) g^2
     p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 Its state is a flat dict of named arrays ("m.<param>", "v.<param>", "t") so a checkpoint can
-store it without pickle.
+store it without pickle. The moments live where the params do (NumPy or CuPy arrays: the
+same code runs on either, see backend.py).
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import math
 
 import numpy as np
 
+from .backend import array_module
+
 
 class Adam:
     def __init__(self, params: dict[str, np.ndarray], beta1=0.9, beta2=0.999, eps=1e-8):
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
-        self.m = {k: np.zeros_like(p) for k, p in params.items()}
-        self.v = {k: np.zeros_like(p) for k, p in params.items()}
+        xp = array_module(*params.values())
+        self.m = {k: xp.zeros_like(p) for k, p in params.items()}
+        self.v = {k: xp.zeros_like(p) for k, p in params.items()}
         self.t = 0
 
     def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
@@ -27,6 +31,7 @@ class Adam:
         b1, b2 = self.beta1, self.beta2
         step = lr / (1.0 - b1**self.t)
         root_bc2 = math.sqrt(1.0 - b2**self.t)
+        xp = array_module(*params.values())
         for k, p in params.items():
             g, m, v = grads[k], self.m[k], self.v[k]
             m *= b1
@@ -35,10 +40,10 @@ class Adam:
             g *= g
             g *= 1.0 - b2
             v += g
-            np.sqrt(v, out=g)  # g is free now: reuse it for the denominator
+            xp.sqrt(v, out=g)  # g is free now: reuse it for the denominator
             g /= root_bc2
             g += self.eps
-            np.divide(m, g, out=g)
+            xp.divide(m, g, out=g)
             g *= step
             p -= g
 
@@ -49,17 +54,22 @@ class Adam:
         return d
 
     def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
+        """d from state_dict(), or from a checkpoint on the host: copied to the moments' device."""
+        xp = array_module(*self.m.values())
         for k in self.m:
-            self.m[k][...] = d[f"m.{k}"]
-            self.v[k][...] = d[f"v.{k}"]
+            self.m[k][...] = xp.asarray(d[f"m.{k}"])
+            self.v[k][...] = xp.asarray(d[f"v.{k}"])
         self.t = int(d["t"])
 
 
 def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
     """Scale all gradients in place so their global L2 norm is at most max_norm (0: no clipping).
     Returns the norm before clipping (inf or nan when a gradient is not finite); non-finite
-    gradients are left untouched for the caller to reject, since scaling them by 0 makes nan."""
-    norm = math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads.values()))
+    gradients are left untouched for the caller to reject, since scaling them by 0 makes nan.
+    The squares are summed where the gradients are, so a GPU sends back one number per step."""
+    xp = array_module(*grads.values())
+    sumsq = sum(xp.dot(g.ravel(), g.ravel()).astype(np.float64) for g in grads.values())
+    norm = math.sqrt(float(sumsq))
     if max_norm > 0 and math.isfinite(norm) and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
         for g in grads.values():

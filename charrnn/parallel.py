@@ -68,8 +68,9 @@ def split_rows(n: int, parts: int) -> list[slice]:
 
 def parallel_or_model(model: CharRNN, batch_size: int, seq_len: int, workers: int):
     """A context giving what computes loss_and_grads and nll: DataParallel for 2 or more
-    workers, else the model itself, also (with a warning) when workers cannot start."""
-    if workers < 2:
+    workers, else the model itself, also (with a warning) when workers cannot start. A model on
+    a GPU is always itself: worker processes share host memory, and one process keeps a GPU busy."""
+    if workers < 2 or model.xp is not np:
         return contextlib.nullcontext(model)
     try:
         return DataParallel(model, batch_size, seq_len, workers)

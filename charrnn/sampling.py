@@ -3,6 +3,8 @@
 The prime text runs through the same whole-sequence forward as training (one call), then each
 new character goes through `CharRNN.step`, which shares its activation code with training.
 Several samples are one batch: each row of the state is an independent stream.
+A model on a GPU keeps its state there; each step's logits (N, V) come back to the host, where
+the character is chosen and printed; a seed repeats its text on the same device.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .backend import to_host
 from .errors import CharRNNError
 from .model import CharRNN
 from .vocab import Vocab
@@ -99,6 +102,7 @@ def generate(model: CharRNN, vocab: Vocab, opts: SampleOptions) -> Iterator[list
     for _ in range(opts.length):
         with np.errstate(over="ignore", invalid="ignore"):
             logits, state = model.step(ids, state)
+        logits = to_host(logits)
         if not np.isfinite(logits).all():  # sampling from NaN would quietly print garbage
             raise CharRNNError(
                 "the model's outputs overflow (its weights are too large for floating-point "

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .backend import device_label, to_device
 from .checkpoint import Checkpoint, clean_stale_temp_files, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig, default_embedding_size
 from .data import (
@@ -177,6 +178,13 @@ class Trainer:
             self.schedule.load_state_dict(ckpt.progress["schedule"])
             self.rng.bit_generator.state = ckpt.progress["rng"]
 
+    def to_device(self, xp) -> None:
+        """Move the weights, Adam's moments and the carried state to xp's device (numpy: the
+        host). The corpus, the windows' ids and the dropout generator stay on the host."""
+        self.model.params = to_device(self.model.params, xp)
+        self.adam.m, self.adam.v = to_device(self.adam.m, xp), to_device(self.adam.v, xp)
+        self.state = to_device(self.state, xp)
+
     # ------------------------------------------------------------------ saving
 
     def checkpoint(self) -> Checkpoint:
@@ -229,6 +237,8 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def workers(self) -> int:
+        if self.model.xp is not np:  # a GPU trains in one process (see parallel_or_model)
+            return 1
         return resolve_workers(self.tcfg.workers, self.tcfg.batch_size)
 
     def stop_reason(self, started: float) -> str | None:
@@ -505,6 +515,7 @@ def summary_line(trainer: Trainer) -> str:
         f"seq {t.seq_len}, {trainer.batches.windows_per_epoch:,} steps/epoch; validation every "
         f"{t.eval_every:,} steps on {trainer.eval_coverage()}"
         + (f", {trainer.workers()} worker processes" if trainer.workers() > 1 else "")
+        + f"; device {device_label(m.xp)}"
         + f"; saving to {trainer.out_dir}"
         + size_advice(m.num_params(), len(trainer.train_ids))
     )

@@ -187,22 +187,24 @@ def run_trial(trial, options: TuneOptions, stop: dict) -> float:
 def optimize(options: TuneOptions) -> int | None:
     """Run trials in this process until the deadline (or options.trials in the study). -> the
     signal that stopped it, if any."""
+    optuna = _optuna()
     study = open_study(options)
     stop: dict = {}
-    remaining = max(0, options.trials - len(study.trials)) if options.trials else None
-    if remaining == 0:
-        return None
 
     def enough_left(study, trial) -> None:
         if options.deadline - time.time() < options.min_trial_seconds / 2:
             study.stop()
 
+    callbacks = [enough_left]
+    if options.trials:  # counted over the whole study, whichever process ran them
+        callbacks.append(optuna.study.MaxTrialsCallback(options.trials, states=None))
+        if len(study.trials) >= options.trials:
+            return None
     study.optimize(
         lambda trial: run_trial(trial, options, stop),
-        n_trials=remaining,
         timeout=max(0.0, options.deadline - time.time()),
         catch=(CharRNNError,),
-        callbacks=[enough_left],
+        callbacks=callbacks,
     )
     return stop.get("signal")
 

@@ -27,34 +27,30 @@ def study_args(tmp_path):
 
 def test_two_processes_share_a_study_and_the_best_run_is_kept(study_args, tmp_path):
     optuna = pytest.importorskip("optuna")
-    result = CliRunner().invoke(
-        main,
-        ["tune", *study_args, "--budget", "14s", "--trial-time", "4s", "--jobs", "2"],
-        catch_exceptions=False,
-    )
+    args = ["tune", *study_args, "--budget", "90s", "--trials", "5", "--trial-time", "3s", "--jobs", "2"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "study" / "study.journal"))
     )
     trials = optuna.load_study(study_name="charrnn", storage=storage).trials
-    assert len({t.user_attrs.get("process") for t in trials}) == 2  # both processes ran trials
+    assert 5 <= len(trials) <= 6  # --trials counts the study's trials; the other process may be mid-trial
+    assert len({t.user_attrs["process"] for t in trials}) == 2  # both processes ran trials
     finished = [t for t in trials if t.value is not None]
     best = min(finished, key=lambda t: t.value)
     table = result.stdout.splitlines()
     assert table[0].split()[:3] == ["trial", "state", "val"] and table[1].split()[0] == str(best.number)
     kept = load_checkpoint(tmp_path / "study" / "best" / "best.npz")
     assert kept.progress["best_val"] == pytest.approx(best.value)
-    assert {(t.params["hidden_size"], t.params["batch_size"]) for t in trials} <= {
-        (8, 4),
-        (8, 8),
-        (16, 4),
-        (16, 8),
-    }
+    assert {t.params["hidden_size"] for t in trials} <= {8, 16}  # the narrowed space
+    assert {t.params["batch_size"] for t in trials} <= {4, 8}
 
     # a second call continues the same study
-    again = CliRunner().invoke(main, ["tune", *study_args, "--budget", "5s", "--trial-time", "2s"])
+    again = CliRunner().invoke(
+        main, ["tune", *study_args, "--trials", str(len(trials) + 1), "--trial-time", "2s"]
+    )
     assert again.exit_code == 0, again.output
-    assert len(optuna.load_study(study_name="charrnn", storage=storage).trials) > len(trials)
+    assert len(optuna.load_study(study_name="charrnn", storage=storage).trials) == len(trials) + 1
 
 
 def test_without_optuna_the_error_names_the_extra(study_args, monkeypatch):
