@@ -104,12 +104,13 @@ def job(command, ctx):
         return command(ctx)
     try:
         return command(ctx)
-    except (SharedError, click.exceptions.Exit, click.ClickException):
+    except (SharedError, click.exceptions.Exit):
         raise
     except BaseException as e:
+        # a usage error too: another rank may not meet it (its own arguments or files)
         sys.stdout, sys.stderr = _streams
         # after the CLI has reported it, before mpi4py's exit handler would wait for the others
-        atexit.register(_world.Abort, 1)
+        atexit.register(_world.Abort, getattr(e, "exit_code", 1))
         if isinstance(e, CharRNNError) and _world.rank:
             raise CharRNNError(f"rank {_world.rank}: {e}") from None
         raise
@@ -145,7 +146,9 @@ def prepare_job(*args, **kwargs) -> Trainer:
 def one_process_per_rank(ctx, param, value: int) -> int:
     """The --workers callback: under MPI more processes are more ranks."""
     if value > 1 and launched_size() > 1:
-        raise click.BadParameter("cannot be combined with mpiexec, whose ranks are one process each")
+        raise click.BadParameter(
+            "cannot be combined with mpiexec: each rank is one process (start more ranks instead)"
+        )
     return value
 
 
