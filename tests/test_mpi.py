@@ -21,6 +21,9 @@ from click.testing import CliRunner
 
 from charrnn.checkpoint import load_checkpoint
 from charrnn.cli import main
+from charrnn.config import ModelConfig
+from charrnn.distributed import MPIRunner, SharedError
+from charrnn.model import CharRNN
 
 LAUNCH_TIMEOUT = 120  # seconds: far above a launch's few seconds, far below a hung CI job
 TINY = ["--hidden-size", "24", "--seq-len", "16", "--batch-size", "8", "--patience", "0", "-q"]
@@ -283,3 +286,27 @@ def test_a_broken_mpi4py_is_one_line(corpus, tmp_path, module, rank, message):
     assert message in result.stderr
     assert len(result.stderr.splitlines()) == (1 if message else 0)
     assert not (tmp_path / "run").exists()
+
+
+class OtherRank:
+    """A communicator of rank 0 of 2 whose other rank's weights sum to `other` (for MAX)."""
+
+    rank, size = 0, 2
+
+    def __init__(self, other: float):
+        self.other = other
+
+    def Bcast(self, buf, root):
+        pass
+
+    def Allreduce(self, sendbuf, recvbuf, op):
+        np.maximum(recvbuf, [self.other, -self.other], out=recvbuf)
+
+
+def test_weights_that_drift_apart_stop_the_run():
+    pytest.importorskip("mpi4py")
+    model = CharRNN.create(ModelConfig(vocab_size=5, hidden_size=4, num_layers=1))
+    total = sum(float(p.sum(dtype=np.float64)) for p in model.params.values())
+    MPIRunner(model, OtherRank(total)).check_weights()
+    with pytest.raises(SharedError, match="the MPI ranks' weights differ"):
+        MPIRunner(model, OtherRank(total + 1e-6)).check_weights()
