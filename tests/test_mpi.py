@@ -6,6 +6,7 @@ has a timeout, so a hang fails the test instead of the suite."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -310,3 +311,22 @@ def test_weights_that_drift_apart_stop_the_run():
     MPIRunner(model, OtherRank(total)).check_weights()
     with pytest.raises(SharedError, match="the MPI ranks' weights differ"):
         MPIRunner(model, OtherRank(total + 1e-6)).check_weights()
+
+
+def test_the_benchmark_runs_and_every_figure_is_positive(mpiexec, tmp_path):
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "mpi_bench.py"
+    out = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT,
+        env=env(),
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    assert [t["mode"] for t in figures["training"]] == ["one process", "workers", "mpiexec"]
+    numbers = [v for section in figures.values() for row in section for v in row.values()]
+    numbers = [v for v in numbers if isinstance(v, (int, float))]
+    assert numbers and all(math.isfinite(v) and v > 0 for v in numbers)
+    assert "eff@64" in done.stdout
