@@ -35,13 +35,10 @@ import click
 import numpy as np
 
 from .errors import CharRNNError
+from .mpienv import launched_rank, launched_size
 from .parallel import _flatten, _nest, split_rows
 from .train import Trainer, prepare_run
 
-# how launchers tell a process the size of its job and its rank in it: MPICH, Intel MPI and
-# Slurm's PMI-2 / Open MPI / MVAPICH
-SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 INSTALL = "pip install -e '.[mpi]'"
 CHECK_EVERY = 100  # steps between weight checksums
 # every reason a run stops for, in the order that wins when ranks disagree
@@ -56,18 +53,6 @@ class SharedError(CharRNNError):
     rank exits normally."""
 
 
-def _launched(variables) -> int | None:
-    for name in variables:
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return None
-
-
-def launched_size() -> int:
-    """How many processes the MPI launcher started (1 without one), from its environment."""
-    return _launched(SIZE_VARIABLES) or 1
-
-
 def world():
     """The communicator of the MPI job this process is a rank of, or None."""
     return _world
@@ -80,7 +65,7 @@ def init() -> None:
     size = launched_size()
     if size < 2 or _world is not None:
         return
-    if _launched(RANK_VARIABLES):
+    if launched_rank():
         sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (open for the process's life)
     try:
         from mpi4py import MPI

@@ -330,3 +330,14 @@ def test_the_benchmark_runs_and_every_figure_is_positive(mpiexec, tmp_path):
     numbers = [v for v in numbers if isinstance(v, (int, float))]
     assert numbers and all(math.isfinite(v) and v > 0 for v in numbers)
     assert "eff@64" in done.stdout
+
+
+@pytest.mark.parametrize("given, threads", [(None, "1"), ("3", "3")])
+def test_a_rank_gets_one_blas_thread_unless_told(given, threads):
+    variables = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    variables.update(PMI_SIZE="2", **({"OPENBLAS_NUM_THREADS": given} if given else {}))
+    probe = "import charrnn, os; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=variables, timeout=60
+    )
+    assert done.stdout.strip() == threads, done.stderr
