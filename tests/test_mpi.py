@@ -59,15 +59,6 @@ def charrnn(*args, ranks: int = 1, mpiexec: str | None = None, **kwargs) -> subp
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    rng = np.random.default_rng(0)
-    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
-    path = tmp_path_factory.mktemp("corpus") / "numbers.txt"
-    path.write_text("".join(" ".join(rng.choice(words, 6)) + "\n" for _ in range(500)), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
 def runs(corpus, mpiexec, tmp_path_factory):
     """Train the same runs once for the module: {name: run directory}."""
     root = tmp_path_factory.mktemp("runs")
