@@ -119,6 +119,13 @@ def prepare_job(*args, **kwargs) -> Trainer:
     if _world is None:
         return prepare_run(*args, **kwargs)
     trainer = everywhere(prepare_run, *args, **kwargs)
+    fingerprints = _world.allgather(trainer.corpus.fingerprint)
+    if len(set(fingerprints)) > 1:
+        other = next(r for r, f in enumerate(fingerprints) if f != fingerprints[0])
+        raise SharedError(
+            f"rank {other} read another corpus than rank 0: every rank must read the same files "
+            "(a shared filesystem, or identical copies)"
+        )
     if trainer.tcfg.batch_size < _world.size:
         raise SharedError(
             f"--batch-size {trainer.tcfg.batch_size} is less than the {_world.size} MPI ranks: "

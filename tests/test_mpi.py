@@ -332,3 +332,17 @@ def test_a_rank_gets_one_blas_thread_unless_told(given, threads):
         [sys.executable, "-c", probe], capture_output=True, text=True, env=variables, timeout=60
     )
     assert done.stdout.strip() == threads, done.stderr
+
+
+def test_ranks_that_read_different_corpora_are_refused(corpus, mpiexec, tmp_path):
+    other = tmp_path / "numbers.txt"  # the same name and length, one character changed
+    text = corpus.read_text(encoding="utf-8")
+    other.write_text("eno" + text[3:], encoding="utf-8")
+    train = [sys.executable, "-m", "charrnn", "train", "-o", str(tmp_path / "run"), *TINY]
+    cmd = [mpiexec, "-n", "1", *train, str(corpus), ":", "-n", "1", *train, str(other)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=env())
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "Error: rank 1 read another corpus than rank 0: every rank must read the same files "
+        "(a shared filesystem, or identical copies)"
+    )
