@@ -227,8 +227,9 @@ class MPIRunner:
         self.comm.Allreduce(MPI.IN_PLACE, extremes, op=MPI.MAX)
         if extremes[0] != -extremes[1]:
             raise SharedError(
-                f"the MPI ranks' weights differ after step {self.steps} (checksums {-extremes[1]!r} to "
-                f"{extremes[0]!r}): this MPI's Allreduce does not give every rank the same sum"
+                f"the MPI ranks' weights differ after {self.steps} steps of this run (checksums "
+                f"{float(-extremes[1])!r} to {float(extremes[0])!r}): this MPI's Allreduce does not give "
+                "every rank the same sum"
             )
 
 
