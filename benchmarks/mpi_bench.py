@@ -2,7 +2,8 @@
 `.venv/bin/python benchmarks/mpi_bench.py [--ranks 2] [--steps 15] [--json out.json]`.
 
 What runs (LSTM, V = 65, batch 64, seq 100, float32):
-    allreduce  under `mpiexec -n RANKS`, over shared memory: one in-place Allreduce (SUM) of the
+    allreduce  under `mpiexec -n RANKS`, over shared memory and (MPICH only) through its TCP
+               network module on the loopback interface: one in-place Allreduce (SUM) of the
                float32 buffer MPIRunner sends each step (every gradient, the carried state of
                the 64 streams, the loss) for 2x256, 2x1024 and 3x1024, and of the stop vote (one
                int64) that the ranks agree on before each step; medians
@@ -40,6 +41,11 @@ TRAINING_MODELS = [(2, 256), (2, 512)]
 LATENCY = 50e-6  # seconds per message between machines (TCP over Ethernet; an assumption)
 NETWORKS = {"10 Gb/s": 10e9 / 8, "100 Gb/s": 100e9 / 8}  # bytes/s
 MACHINES = (4, 16, 64)
+# MPICH: treat the other ranks as remote, and reach them with libfabric's TCP provider
+TRANSPORTS = {
+    "shared memory": {},
+    "TCP loopback": {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp"},
+}
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -72,7 +78,7 @@ def timed(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def allreduce_rank(models: list[tuple[int, int]]) -> None:
+def allreduce_rank(models: list[tuple[int, int]], compute: bool) -> None:
     """Run by every rank under mpiexec; rank 0 prints one JSON object per model."""
     from mpi4py import MPI
 
@@ -80,12 +86,12 @@ def allreduce_rank(models: list[tuple[int, int]]) -> None:
     vote = np.zeros(1, np.int64)
     vote_s = timed(lambda: comm.Allreduce(MPI.IN_PLACE, vote, op=MPI.MAX), 1000)
     for layers, hidden in models:
-        record = measure_model(comm, layers, hidden)
+        record = measure_model(comm, layers, hidden, compute)
         if comm.rank == 0:
             print(json.dumps(dict(record, vote_s=vote_s)), flush=True)
 
 
-def measure_model(comm, layers: int, hidden: int) -> dict:
+def measure_model(comm, layers: int, hidden: int, compute: bool) -> dict:
     from mpi4py import MPI
 
     from charrnn.config import ModelConfig
@@ -101,6 +107,9 @@ def measure_model(comm, layers: int, hidden: int) -> dict:
         comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
 
     reduce_s = timed(reduce, 20)
+    record = {"model": f"{layers}x{hidden}", "elements": n, "bytes": 4 * n, "ranks": comm.size}
+    if not compute:
+        return dict(record, allreduce_s=reduce_s)
     model = CharRNN.create(ModelConfig(vocab_size=VOCAB, hidden_size=hidden, num_layers=layers))
     rows = split_rows(BATCH, comm.size)[comm.rank]
     x = np.random.default_rng(0).integers(VOCAB, size=(rows.stop - rows.start, SEQ))
@@ -109,14 +118,15 @@ def measure_model(comm, layers: int, hidden: int) -> dict:
     compute_s = comm.allreduce(compute_s, op=MPI.MAX)  # a step waits for the slowest rank
     adam, grads = Adam(model.params), {k: np.full_like(p, 1e-3) for k, p in model.params.items()}
     update_s = timed(lambda: (clip_grad_norm(grads, 5.0), adam.update(model.params, grads, 1e-9)), 5)
-    record = {"model": f"{layers}x{hidden}", "elements": n, "bytes": 4 * n, "ranks": comm.size}
     return dict(record, allreduce_s=reduce_s, compute_s=compute_s, update_s=update_s)
 
 
-def measure_allreduce(ranks: int, models) -> list[dict]:
+def measure_allreduce(ranks: int, models, transport: dict, compute: bool) -> list[dict]:
     spec = ",".join(f"{layers}x{hidden}" for layers, hidden in models)
     cmd = [mpiexec(), "-n", str(ranks), sys.executable, __file__, "--allreduce-rank", spec]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=one_thread(), timeout=1800, check=True)
+    cmd += [] if compute else ["--no-compute"]
+    env = dict(one_thread(), **transport)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=True)
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
@@ -183,15 +193,19 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
     ap.add_argument("--json", type=Path, help="also write every figure to this file")
     ap.add_argument("--allreduce-rank", help=argparse.SUPPRESS)
+    ap.add_argument("--no-compute", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.allreduce_rank:
-        allreduce_rank([tuple(map(int, m.split("x"))) for m in args.allreduce_rank.split(",")])
+        models = [tuple(map(int, m.split("x"))) for m in args.allreduce_rank.split(",")]
+        allreduce_rank(models, not args.no_compute)
         return
     allreduce_models = [(1, 32)] if args.quick else ALLREDUCE_MODELS
     training_models = [(1, 32)] if args.quick else TRAINING_MODELS
     steps = 2 if args.quick else args.steps
     log(f"allreduce and compute under mpiexec -n {args.ranks} ...")
-    reduced = measure_allreduce(args.ranks, allreduce_models)
+    reduced = measure_allreduce(args.ranks, allreduce_models, TRANSPORTS["shared memory"], True)
+    log("allreduce through TCP on the loopback interface ...")
+    tcp = measure_allreduce(args.ranks, allreduce_models, TRANSPORTS["TCP loopback"], False)
     training = []
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "random.txt"
@@ -207,16 +221,20 @@ def main() -> None:
         f"MPI on this machine: {args.ranks} ranks over shared memory, LSTM V={VOCAB}, "
         f"batch {BATCH}, seq {SEQ}"
     )
-    print(f"stop vote (8-byte Allreduce): {reduced[0]['vote_s'] * 1e6:.1f} us")
     print(
-        f"\n{'model':<8} {'params+state':>13} {'MB':>7} {'allreduce ms':>13} {'grads ms':>9} "
-        f"{'adam ms':>8} {'share':>6}"
+        f"stop vote (8-byte Allreduce): {reduced[0]['vote_s'] * 1e6:.1f} us over shared memory, "
+        f"{tcp[0]['vote_s'] * 1e6:.1f} us over TCP loopback"
     )
-    for r in reduced:
+    print(
+        f"\n{'model':<8} {'params+state':>13} {'MB':>7} {'shm ms':>8} {'tcp ms':>8} {'grads ms':>9} "
+        f"{'adam ms':>8} {'shm share':>10}"
+    )
+    for r, t in zip(reduced, tcp):
         share = r["allreduce_s"] / (r["allreduce_s"] + r["compute_s"] + r["update_s"])
         print(
-            f"{r['model']:<8} {r['elements']:>13,} {r['bytes'] / 1e6:>7.2f} {r['allreduce_s'] * 1e3:>13.2f} "
-            f"{r['compute_s'] * 1e3:>9.0f} {r['update_s'] * 1e3:>8.1f} {share:>6.1%}"
+            f"{r['model']:<8} {r['elements']:>13,} {r['bytes'] / 1e6:>7.2f} {r['allreduce_s'] * 1e3:>8.2f} "
+            f"{t['allreduce_s'] * 1e3:>8.2f} {r['compute_s'] * 1e3:>9.0f} {r['update_s'] * 1e3:>8.1f} "
+            f"{share:>10.1%}"
         )
     print(f"\n{'training':<10} {'mode':<12} {'chars/s':>9}")
     for t in training:
