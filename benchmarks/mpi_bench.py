@@ -3,10 +3,12 @@
 
 What runs (LSTM, V = 65, batch 64, seq 100, float32):
     allreduce  under `mpiexec -n RANKS`, over shared memory and (MPICH only) through its TCP
-               network module on the loopback interface: one in-place Allreduce (SUM) of the
-               float32 buffer MPIRunner sends each step (every gradient, the carried state of
-               the 64 streams, the loss) for 2x256, 2x1024 and 3x1024, and of the stop vote (one
-               int64) that the ranks agree on before each step; medians
+               network module on the loopback interface; with --netns (root, 2 ranks) also
+               between two network namespaces joined by a veth pair, as two hosts, unshaped and
+               shaped to 1 Gb/s: one in-place Allreduce (SUM) of the float32 buffer MPIRunner
+               sends each step (every gradient, the carried state of the 64 streams, the loss)
+               for 2x256, 2x1024 and 3x1024, and of the stop vote (one int64) that the ranks
+               agree on before each step; medians
     compute    at the same time, every rank's loss_and_grads on its 64 / RANKS rows (one BLAS
                thread), and clipping plus Adam's update of all weights, which every rank does
                whole: a step's compute, for the Allreduce's share of a step
@@ -23,6 +25,7 @@ The data goes to stdout, progress to stderr. `--quick` runs tiny sizes to check 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -42,11 +45,17 @@ LATENCY = 50e-6  # seconds per message between machines (TCP over Ethernet; an a
 NETWORKS = {"10 Gb/s": 10e9 / 8, "100 Gb/s": 100e9 / 8}  # bytes/s
 MACHINES = (4, 16, 64)
 # MPICH: treat the other ranks as remote, and reach them with libfabric's TCP provider
-TRANSPORTS = {
-    "shared memory": {},
-    "TCP loopback": {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp"},
-}
+TCP = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp"}
+NAMESPACES = ("charrnn-bench-0", "charrnn-bench-1")  # with --netns: one host per rank
+# (name, environment, namespaces' link rate: None without namespaces, "" unshaped)
+TRANSPORTS = [
+    ("shm", {}, None),
+    ("tcp lo", TCP, None),
+    ("veth", dict(TCP, FI_TCP_IFACE="eth9"), ""),
+    ("veth 1G", dict(TCP, FI_TCP_IFACE="eth9"), "1gbit"),
+]
 ROOT = Path(__file__).resolve().parent.parent
+TEXT = {"capture_output": True, "text": True}
 
 
 def log(*args) -> None:
@@ -121,13 +130,50 @@ def measure_model(comm, layers: int, hidden: int, compute: bool) -> dict:
     return dict(record, allreduce_s=reduce_s, compute_s=compute_s, update_s=update_s)
 
 
-def measure_allreduce(ranks: int, models, transport: dict, compute: bool) -> list[dict]:
+def measure_allreduce(ranks: int, models, transport: dict, compute: bool, hosts: bool) -> list[dict]:
     spec = ",".join(f"{layers}x{hidden}" for layers, hidden in models)
-    cmd = [mpiexec(), "-n", str(ranks), sys.executable, __file__, "--allreduce-rank", spec]
-    cmd += [] if compute else ["--no-compute"]
+    rank = [sys.executable, __file__, "--allreduce-rank", spec, *([] if compute else ["--no-compute"])]
+    cmd = [mpiexec(), "-n", str(ranks), *rank]
+    if hosts:  # one rank in each namespace (mpiexec's ":" separates the programs)
+        cmd = [mpiexec(), *" : ".join(f"-n 1 ip netns exec {ns} @" for ns in NAMESPACES).split()]
+        cmd = [part for arg in cmd for part in (rank if arg == "@" else [arg])]
     env = dict(one_thread(), **transport)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=True)
     return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+@contextlib.contextmanager
+def two_hosts(rate: str):
+    """Two network namespaces joined by a veth pair named eth9 (10.77.0.1 and .2), shaped to
+    rate unless it is empty: two hosts on one machine. Needs root and iproute2."""
+    a, b = NAMESPACES
+    cmds = [
+        f"ip netns add {a}",
+        f"ip netns add {b}",
+        f"ip link add eth9 netns {a} type veth peer name eth9 netns {b}",
+    ]
+    for k, ns in enumerate(NAMESPACES):
+        cmds += [f"ip -n {ns} addr add 10.77.0.{k + 1}/24 dev eth9", f"ip -n {ns} link set eth9 up"]
+        cmds += [f"ip -n {ns} link set lo up"]
+        if rate:
+            cmds.append(
+                f"ip netns exec {ns} tc qdisc add dev eth9 root tbf rate {rate} burst 256kb latency 10ms"
+            )
+    try:
+        for cmd in cmds:
+            subprocess.run(cmd.split(), check=True)
+        # libfabric fails to open its endpoint on a link that is not up yet
+        for ns in NAMESPACES:
+            while (
+                "state UP"
+                not in subprocess.run(["ip", "-n", ns, "-o", "link", "show", "eth9"], **TEXT).stdout
+            ):
+                time.sleep(0.1)
+        time.sleep(1)
+        yield
+    finally:
+        for ns in NAMESPACES:
+            subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL, check=False)
 
 
 def one_thread(threads: int = 1) -> dict:
@@ -191,6 +237,9 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--steps", type=int, default=15, help="steps per evaluation period")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
+    ap.add_argument(
+        "--netns", action="store_true", help="also between two network namespaces (root, 2 ranks)"
+    )
     ap.add_argument("--json", type=Path, help="also write every figure to this file")
     ap.add_argument("--allreduce-rank", help=argparse.SUPPRESS)
     ap.add_argument("--no-compute", action="store_true", help=argparse.SUPPRESS)
@@ -202,10 +251,16 @@ def main() -> None:
     allreduce_models = [(1, 32)] if args.quick else ALLREDUCE_MODELS
     training_models = [(1, 32)] if args.quick else TRAINING_MODELS
     steps = 2 if args.quick else args.steps
-    log(f"allreduce and compute under mpiexec -n {args.ranks} ...")
-    reduced = measure_allreduce(args.ranks, allreduce_models, TRANSPORTS["shared memory"], True)
-    log("allreduce through TCP on the loopback interface ...")
-    tcp = measure_allreduce(args.ranks, allreduce_models, TRANSPORTS["TCP loopback"], False)
+    allreduce = {}
+    for name, transport, rate in TRANSPORTS:
+        if rate is not None and not (args.netns and args.ranks == 2):
+            continue
+        log(f"allreduce ({name}){' and compute' if not allreduce else ''} under mpiexec -n {args.ranks} ...")
+        with contextlib.nullcontext() if rate is None else two_hosts(rate):
+            allreduce[name] = measure_allreduce(
+                args.ranks, allreduce_models, transport, not allreduce, rate is not None
+            )
+    reduced = allreduce["shm"]
     training = []
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "random.txt"
@@ -221,20 +276,19 @@ def main() -> None:
         f"MPI on this machine: {args.ranks} ranks over shared memory, LSTM V={VOCAB}, "
         f"batch {BATCH}, seq {SEQ}"
     )
+    votes = ", ".join(f"{name} {records[0]['vote_s'] * 1e6:.1f}" for name, records in allreduce.items())
+    print(f"stop vote (8-byte Allreduce), us: {votes}")
     print(
-        f"stop vote (8-byte Allreduce): {reduced[0]['vote_s'] * 1e6:.1f} us over shared memory, "
-        f"{tcp[0]['vote_s'] * 1e6:.1f} us over TCP loopback"
+        f"\n{'model':<8} {'params+state':>13} {'MB':>7}"
+        + "".join(f" {name + ' ms':>11}" for name in allreduce)
+        + f" {'grads ms':>9} {'adam ms':>8} {'shm share':>10}"
     )
-    print(
-        f"\n{'model':<8} {'params+state':>13} {'MB':>7} {'shm ms':>8} {'tcp ms':>8} {'grads ms':>9} "
-        f"{'adam ms':>8} {'shm share':>10}"
-    )
-    for r, t in zip(reduced, tcp):
+    for k, r in enumerate(reduced):
         share = r["allreduce_s"] / (r["allreduce_s"] + r["compute_s"] + r["update_s"])
         print(
-            f"{r['model']:<8} {r['elements']:>13,} {r['bytes'] / 1e6:>7.2f} {r['allreduce_s'] * 1e3:>8.2f} "
-            f"{t['allreduce_s'] * 1e3:>8.2f} {r['compute_s'] * 1e3:>9.0f} {r['update_s'] * 1e3:>8.1f} "
-            f"{share:>10.1%}"
+            f"{r['model']:<8} {r['elements']:>13,} {r['bytes'] / 1e6:>7.2f}"
+            + "".join(f" {records[k]['allreduce_s'] * 1e3:>11.2f}" for records in allreduce.values())
+            + f" {r['compute_s'] * 1e3:>9.0f} {r['update_s'] * 1e3:>8.1f} {share:>10.1%}"
         )
     print(f"\n{'training':<10} {'mode':<12} {'chars/s':>9}")
     for t in training:
@@ -252,7 +306,7 @@ def main() -> None:
         print(f"{m['model']:<8} {m['network']:<9} {m['one_machine_step_s']:>7.2f}{effs}{batches}")
     if args.json:
         args.json.write_text(
-            json.dumps({"allreduce": reduced, "training": training, "model": model}, indent=2)
+            json.dumps({"allreduce": allreduce, "training": training, "model": model}, indent=2)
         )
 
 

@@ -317,8 +317,9 @@ def test_the_benchmark_runs_and_every_figure_is_positive(mpiexec, tmp_path):
     assert done.returncode == 0, done.stderr
     figures = json.loads(out.read_text())
     assert [t["mode"] for t in figures["training"]] == ["one process", "workers", "mpiexec"]
-    numbers = [v for section in figures.values() for row in section for v in row.values()]
-    numbers = [v for v in numbers if isinstance(v, (int, float))]
+    assert list(figures["allreduce"]) == ["shm", "tcp lo"]
+    rows = [r for records in figures["allreduce"].values() for r in records] + figures["training"]
+    numbers = [v for row in rows + figures["model"] for v in row.values() if isinstance(v, (int, float))]
     assert numbers and all(math.isfinite(v) and v > 0 for v in numbers)
     assert "eff@64" in done.stdout
 
