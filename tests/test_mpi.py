@@ -224,17 +224,18 @@ def test_a_killed_rank_ends_the_job_and_leaves_a_checkpoint(corpus, mpiexec, tmp
     assert load_checkpoint(out / "last.npz").progress["step"] == step + 2
 
 
-def test_ctrl_c_to_the_launcher_saves_once(corpus, mpiexec, tmp_path):
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_to_the_launcher_saves_once(corpus, mpiexec, tmp_path, sig, status):
     out = tmp_path / "run"
     proc = start(corpus, out, mpiexec, marker=tmp_path.name)
     try:
         wait_for_save(out, proc, 10)
-        proc.send_signal(signal.SIGINT)  # mpiexec passes it to every rank
+        proc.send_signal(sig)  # mpiexec passes it on to every rank
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, stderr
-    stops = re.findall(r"stopped after step (\d+) \(SIGINT\)", stderr)
+    assert proc.returncode == status, stderr
+    stops = re.findall(rf"stopped after step (\d+) \({sig.name}\)", stderr)
     assert len(stops) == 1, stderr
     assert load_checkpoint(out / "last.npz").progress["step"] == int(stops[0]) >= 10
 
