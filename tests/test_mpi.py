@@ -348,3 +348,13 @@ def test_ranks_that_read_different_corpora_are_refused(corpus, mpiexec, tmp_path
         "Error: rank 1 read another corpus than rank 0: every rank must read the same files "
         "(a shared filesystem, or identical copies)"
     )
+
+
+def test_an_error_on_one_rank_alone_ends_the_job(corpus, mpiexec, tmp_path):
+    """The other rank would otherwise wait for it forever in its next collective."""
+    train = [sys.executable, "-m", "charrnn", "train", "-o", str(tmp_path / "run"), *TINY]
+    cmd = [mpiexec, "-n", "1", *train, str(corpus), ":", "-n", "1", *train, str(tmp_path / "missing.txt")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=env())
+    assert done.returncode == 2  # rank 1's usage error
+    assert "missing.txt' does not exist" in done.stderr
+    assert "MPI_Abort(MPI_COMM_WORLD, 2) - process 1" in done.stderr
