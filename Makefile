@@ -9,7 +9,7 @@ BENCH_ARGS ?=
 TORCH_VERSION := 2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-torch install-mpi test lint bench demo stress clean
+.PHONY: help install install-torch test lint bench demo stress clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_./-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -27,6 +27,7 @@ install: $(VENV)/.installed  ## create .venv and install charrnn with the dev to
 install-torch: install  ## add the optional PyTorch CPU oracle (tests and benchmark baseline)
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 
+.PHONY: install-mpi
 install-mpi: install  ## add MPI (mpi4py and an MPICH wheel) for mpiexec -n N charrnn train, and its tests
 	$(PY) -m pip install -q -e '.[mpi]'
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from . import distributed
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .clitypes import Duration, FiniteFloat
 from .config import CELLS, NONLINEARITIES, ModelConfig, TrainConfig
-from .distributed import job, one_process_per_rank, prepare_job
 from .errors import CharRNNError
 from .sampling import SampleOptions, generate
 from .scoring import render_surprisal, score_file, score_lines, surprisal, surprisal_legend
@@ -38,7 +38,8 @@ CHECKPOINT = click.option(
 )  # fmt: skip
 
 WORKERS = click.option(
-    "--workers", type=click.IntRange(0, 1024), default=TrainConfig.workers, callback=one_process_per_rank,
+    "--workers", type=click.IntRange(0, 1024), default=TrainConfig.workers,
+    callback=distributed.one_process_per_rank,
     help="Processes sharing the streams, one BLAS thread each (0: one per CPU core, at most one "
     "per 8 streams; 1: none). Scoring uses them for texts of 100,000 characters or more.",
 )  # fmt: skip
@@ -49,7 +50,7 @@ class CharRNNGroup(click.Group):
 
     def invoke(self, ctx):
         try:
-            return job(super().invoke, ctx)
+            return distributed.job(super().invoke, ctx)
         except CharRNNError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(1)
@@ -233,7 +234,7 @@ def train(ctx, corpus, output, resume, init_from, encoding, errors, newline, unk
     fresh = not (resume or init_from)
     model_options = {n: p[n] for n in MODEL_OPTIONS} if fresh else given(ctx, MODEL_OPTIONS)
     train_options = {n: p[n] for n in TRAIN_OPTIONS} if fresh else given(ctx, TRAIN_OPTIONS)
-    trainer = prepare_job(
+    trainer = distributed.prepare_job(
         list(corpus),
         model_options,
         train_options,
