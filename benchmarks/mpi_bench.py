@@ -47,12 +47,13 @@ MACHINES = (4, 16, 64)
 # MPICH: treat the other ranks as remote, and reach them with libfabric's TCP provider
 TCP = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp"}
 NAMESPACES = ("charrnn-bench-0", "charrnn-bench-1")  # with --netns: one host per rank
+VETH = dict(TCP, FI_TCP_IFACE="eth9")  # the link between them
 # (name, environment, namespaces' link rate: None without namespaces, "" unshaped)
 TRANSPORTS = [
     ("shm", {}, None),
     ("tcp lo", TCP, None),
-    ("veth", dict(TCP, FI_TCP_IFACE="eth9"), ""),
-    ("veth 1G", dict(TCP, FI_TCP_IFACE="eth9"), "1gbit"),
+    ("veth", VETH, ""),
+    ("veth 1G", VETH, "1gbit"),
 ]
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = {"capture_output": True, "text": True}
@@ -133,13 +134,18 @@ def measure_model(comm, layers: int, hidden: int, compute: bool) -> dict:
 def measure_allreduce(ranks: int, models, transport: dict, compute: bool, hosts: bool) -> list[dict]:
     spec = ",".join(f"{layers}x{hidden}" for layers, hidden in models)
     rank = [sys.executable, __file__, "--allreduce-rank", spec, *([] if compute else ["--no-compute"])]
-    cmd = [mpiexec(), "-n", str(ranks), *rank]
-    if hosts:  # one rank in each namespace (mpiexec's ":" separates the programs)
-        cmd = [mpiexec(), *" : ".join(f"-n 1 ip netns exec {ns} @" for ns in NAMESPACES).split()]
-        cmd = [part for arg in cmd for part in (rank if arg == "@" else [arg])]
+    cmd = on_two_hosts(rank) if hosts else [mpiexec(), "-n", str(ranks), *rank]
     env = dict(one_thread(), **transport)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=True)
     return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def on_two_hosts(program: list[str]) -> list[str]:
+    """The mpiexec command that runs program as one rank in each of two_hosts' namespaces
+    (":" separates the programs of one job)."""
+    return [mpiexec()] + [
+        arg for ns in NAMESPACES for arg in (":", "-n", "1", "ip", "netns", "exec", ns, *program)
+    ][1:]
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ has a timeout, so a hang fails the test instead of the suite."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from charrnn.config import ModelConfig
 from charrnn.distributed import MPIRunner, SharedError
 from charrnn.model import CharRNN
 
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "mpi_bench.py"
 LAUNCH_TIMEOUT = 120  # seconds: far above a launch's few seconds, far below a hung CI job
 TINY = ["--hidden-size", "24", "--seq-len", "16", "--batch-size", "8", "--patience", "0", "-q"]
 TINY += ["--eval-every", "20", "--save-every", "20"]
@@ -306,10 +308,9 @@ def test_weights_that_drift_apart_stop_the_run():
 
 
 def test_the_benchmark_runs_and_every_figure_is_positive(mpiexec, tmp_path):
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "mpi_bench.py"
     out = tmp_path / "figures.json"
     done = subprocess.run(
-        [sys.executable, str(script), "--quick", "--json", str(out)],
+        [sys.executable, str(BENCH), "--quick", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=LAUNCH_TIMEOUT,
@@ -358,3 +359,30 @@ def test_an_error_on_one_rank_alone_ends_the_job(corpus, mpiexec, tmp_path):
     assert done.returncode == 2  # rank 1's usage error
     assert "missing.txt' does not exist" in done.stderr
     assert "MPI_Abort(MPI_COMM_WORLD, 2) - process 1" in done.stderr
+
+
+def test_two_hosts_over_tcp_equal_two_workers(runs, corpus, mpiexec, tmp_path):
+    """Two network namespaces joined by a veth pair stand for two machines: the ranks reach
+    each other through TCP only (benchmarks/mpi_bench.py sets them up, as root, with MPICH)."""
+    from mpi4py import MPI
+
+    if os.geteuid() != 0 or shutil.which("ip") is None or "MPICH" not in MPI.Get_library_version():
+        pytest.skip("needs root, iproute2 and MPICH")
+    spec = importlib.util.spec_from_file_location("mpi_bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "run"
+    train = [sys.executable, "-m", "charrnn", "train", str(corpus), "-o", str(out), *TINY]
+    cmd = bench.on_two_hosts([*train, "--max-steps", "40", "--dropout", "0.2"])
+    try:
+        with bench.two_hosts(""):
+            done = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=env(**bench.VETH)
+            )
+    except subprocess.CalledProcessError as e:
+        pytest.skip(f"no network namespaces here: {e}")
+    assert done.returncode == 0, done.stderr
+    dirs, _ = runs
+    over_tcp, workers = arrays(out), arrays(dirs["workers"])
+    for name, a in over_tcp.items():
+        np.testing.assert_array_equal(a, workers[name], err_msg=name)
