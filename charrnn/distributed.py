@@ -119,13 +119,16 @@ def prepare_job(*args, **kwargs) -> Trainer:
     if _world is None:
         return prepare_run(*args, **kwargs)
     trainer = everywhere(prepare_run, *args, **kwargs)
-    fingerprints = _world.allgather(trainer.corpus.fingerprint)
-    if len(set(fingerprints)) > 1:
-        other = next(r for r, f in enumerate(fingerprints) if f != fingerprints[0])
-        raise SharedError(
-            f"rank {other} read another corpus than rank 0: every rank must read the same files "
-            "(a shared filesystem, or identical copies)"
-        )
+    # different arguments or files on one machine would silently train another model there
+    setup = {"corpus": trainer.corpus.fingerprint, "model": trainer.model.config, "options": trainer.tcfg}
+    setups = _world.allgather(setup)
+    for rank, theirs in enumerate(setups):
+        differ = [what for what in setup if theirs[what] != setups[0][what]]
+        if differ:
+            raise SharedError(
+                f"rank {rank} was given another {' and '.join(differ)} than rank 0: every rank must run "
+                "the same command on the same files (a shared filesystem, or identical copies)"
+            )
     if trainer.tcfg.batch_size < _world.size:
         raise SharedError(
             f"--batch-size {trainer.tcfg.batch_size} is less than the {_world.size} MPI ranks: "

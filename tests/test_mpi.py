@@ -337,17 +337,22 @@ def test_a_rank_gets_one_blas_thread_unless_told(given, threads):
     assert done.stdout.strip() == threads, done.stderr
 
 
-def test_ranks_that_read_different_corpora_are_refused(corpus, mpiexec, tmp_path):
+@pytest.mark.parametrize(
+    "theirs, what",
+    [(None, "corpus"), (["--dropout", "0.1"], "model"), (["--lr", "0.01"], "options")],
+)
+def test_ranks_given_different_runs_are_refused(corpus, mpiexec, tmp_path, theirs, what):
     other = tmp_path / "numbers.txt"  # the same name and length, one character changed
     text = corpus.read_text(encoding="utf-8")
     other.write_text("eno" + text[3:], encoding="utf-8")
     train = [sys.executable, "-m", "charrnn", "train", "-o", str(tmp_path / "run"), *TINY]
-    cmd = [mpiexec, "-n", "1", *train, str(corpus), ":", "-n", "1", *train, str(other)]
+    rank_1 = [str(other)] if theirs is None else [str(corpus), *theirs]  # None: the other corpus
+    cmd = [mpiexec, "-n", "1", *train, str(corpus), ":", "-n", "1", *train, *rank_1]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=env())
     assert done.returncode == 1
     assert done.stderr.strip() == (
-        "Error: rank 1 read another corpus than rank 0: every rank must read the same files "
-        "(a shared filesystem, or identical copies)"
+        f"Error: rank 1 was given another {what} than rank 0: every rank must run the same command on "
+        "the same files (a shared filesystem, or identical copies)"
     )
 
 
@@ -386,3 +391,20 @@ def test_two_hosts_over_tcp_equal_two_workers(runs, corpus, mpiexec, tmp_path):
     over_tcp, workers = arrays(out), arrays(dirs["workers"])
     for name, a in over_tcp.items():
         np.testing.assert_array_equal(a, workers[name], err_msg=name)
+
+
+def test_rank_0s_weights_are_everyones(runs, corpus, mpiexec, tmp_path):
+    """Start-up broadcasts rank 0's weights: with --init-from another checkpoint on rank 1, the
+    run is still the one that starts from rank 0's."""
+    dirs, _ = runs
+    train = [sys.executable, "-m", "charrnn", "train", str(corpus), *TINY, "--max-steps", "20"]
+    ours, theirs = (str(dirs[name] / "last.npz") for name in ("alone", "alone_half"))  # one model
+    mixed = [*train, "-o", str(tmp_path / "mixed"), "--init-from"]
+    cmd = [mpiexec, "-n", "1", *mixed, ours, ":", "-n", "1", *mixed, theirs]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=env())
+    assert done.returncode == 0, done.stderr
+    reference = charrnn(*train[3:], "-o", tmp_path / "ours", "--init-from", ours, "--workers", 2)
+    assert reference.returncode == 0, reference.stderr
+    a, b = (load_checkpoint(tmp_path / name / "last.npz").params for name in ("mixed", "ours"))
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
