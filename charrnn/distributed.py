@@ -5,8 +5,10 @@ window, and each rank computes loss_and_grads on its rows of it (parallel.split_
 by its share of the rows. One in-place Allreduce (SUM) of one contiguous buffer per step, which
 holds every gradient, the final hidden state of every row (zero in the rows of other ranks) and
 the loss, gives every rank the whole batch's gradient, loss and state; every rank then clips
-and runs Adam identically, so the weights stay identical without being sent. A checksum of the
-weights is compared across ranks every CHECK_EVERY steps, and a difference stops the run.
+and runs Adam identically, so the weights stay identical without being sent. Before step 1 the
+ranks check that they were given the same corpus, model and options, and rank 0's weights are
+broadcast (--init-from's too); a checksum of the weights is compared every CHECK_EVERY steps,
+and a difference stops the run.
 
 Since every rank holds the whole state, and the generator from which one dropout seed per rank
 and step is drawn (as DataParallel draws one per worker), a checkpoint of an MPI run is an
