@@ -29,10 +29,14 @@ install: $(VENV)/.installed  ## create .venv and install charrnn with the dev to
 install-torch: install  ## add the optional PyTorch CPU oracle (tests and benchmark baseline)
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 
-install-extras: install  ## add the optional extras whose tests run on a CPU (tune)
-	$(PY) -m pip install -q -e '.[dev,tune]'
+install-extras: install  ## add the optional extras whose tests run on a CPU (tune, MPI)
+	$(PY) -m pip install -q -e '.[dev,tune,mpi]'
 
-test: install  ## run the test suite (PyTorch parity tests run when torch is installed)
+.PHONY: install-mpi
+install-mpi: install  ## add MPI (mpi4py and an MPICH wheel) for mpiexec -n N charrnn train, and its tests
+	$(PY) -m pip install -q -e '.[mpi]'
+
+test: install  ## run the test suite (PyTorch parity and MPI tests run when torch / the mpi extra are installed)
 	$(PY) -m pytest -q
 
 lint: install  ## ruff check and format check

@@ -6,6 +6,7 @@ loss, grads, state = model.loss_and_grads(x, y, state)      # x, y: (N, T) int i
 logits, state = model.step(ids, state)                       # one character per stream
 """
 
+from . import mpienv  # noqa: F401 (first: under an MPI launcher it sets BLAS threads before NumPy loads)
 from .config import ModelConfig, TrainConfig
 from .errors import CharRNNError, CheckpointError
 from .model import CharRNN, param_shapes

@@ -337,10 +337,26 @@ def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
         return []
     removed = []
     for p in sorted(directory.iterdir()):
-        if _TEMP_NAME.fullmatch(p.name) and p.is_file():
+        if _TEMP_NAME.fullmatch(p.name) and p.is_file() and not _writer_alive(p.name):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+def _writer_alive(temp_name: str) -> bool:
+    """Whether the process named in a temp file's name (".x.tmp-<pid>-<hex>") runs here and is
+    not this one: the ranks of an MPI job share a run directory, and one must not remove the
+    file another is still writing."""
+    pid = int(temp_name.rsplit("-", 2)[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, but another user's
+        return True
+    return True
 
 
 def latest_checkpoint(root: str | os.PathLike = "checkpoints", name: str = "best.npz") -> Path | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from . import distributed
 from .backend import DEVICES, resolve_device
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .clitypes import CorpusPath, Duration, EscapedText, FiniteFloat
@@ -25,7 +26,7 @@ from .errors import CharRNNError
 from .sampling import SampleOptions, generate
 from .scoring import render_surprisal, score_file, score_lines, surprisal, surprisal_legend
 from .text import TextPolicy, read_text
-from .train import prepare_run, summary_line
+from .train import summary_line
 from .vocab import UNKNOWN_POLICIES
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
@@ -41,6 +42,7 @@ CHECKPOINT = click.option(
 
 WORKERS = click.option(
     "--workers", type=click.IntRange(0, 1024), default=TrainConfig.workers,
+    callback=distributed.one_process_per_rank,
     help="Processes sharing the streams, one BLAS thread each (0: one per CPU core, at most one "
     "per 8 streams; 1: none). Scoring uses them for texts of 100,000 characters or more.",
 )  # fmt: skip
@@ -57,7 +59,7 @@ class CharRNNGroup(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            return distributed.job(super().invoke, ctx)
         except CharRNNError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(1)
@@ -247,7 +249,7 @@ def train(ctx, corpus, output, resume, init_from, encoding, errors, newline, unk
     fresh = not (resume or init_from)
     model_options = {n: p[n] for n in MODEL_OPTIONS} if fresh else given(ctx, MODEL_OPTIONS)
     train_options = {n: p[n] for n in TRAIN_OPTIONS} if fresh else given(ctx, TRAIN_OPTIONS)
-    trainer = prepare_run(
+    trainer = distributed.prepare_job(
         expand_paths(corpus),
         model_options,
         train_options,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import mmap
 import os
 import signal
@@ -29,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -42,10 +44,26 @@ _ALIGN = 64  # bytes: every array starts on its own cache line
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def available_cpus() -> int:
-    with contextlib.suppress(AttributeError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: those of its affinity mask, at most its container's quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpus(cgroup)
+    return min(cpus, quota) if quota else cpus
+
+
+def cgroup_cpus(root: Path) -> int | None:
+    """The CPU quota of a cgroup v2 (cpu.max) or v1 (cpu/cpu.cfs_quota_us and cfs_period_us)
+    mounted at root, rounded up to whole CPUs; None without one."""
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = (root / "cpu.max").read_text().split()  # "max 100000" or "150000 100000"
+        return None if quota == "max" else math.ceil(int(quota) / int(period))
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = (int((root / "cpu" / f"cpu.cfs_{n}_us").read_text()) for n in ("quota", "period"))
+        return None if quota < 0 else math.ceil(quota / period)  # -1: no quota
+    return None
 
 
 def auto_workers(batch_size: int, cpus: int | None = None) -> int:
@@ -67,9 +85,16 @@ def split_rows(n: int, parts: int) -> list[slice]:
 
 
 def parallel_or_model(model: CharRNN, batch_size: int, seq_len: int, workers: int):
-    """A context giving what computes loss_and_grads and nll: DataParallel for 2 or more
-    workers, else the model itself, also (with a warning) when workers cannot start. A model on
-    a GPU is always itself: worker processes share host memory, and one process keeps a GPU busy."""
+    """A context giving what computes loss_and_grads and nll: the ranks of an MPI job when this
+    process is one of them, DataParallel for 2 or more workers, else the model itself, also
+    (with a warning) when workers cannot start. A model on a GPU is never shared among worker
+    processes: they share host memory, and one process keeps a GPU busy."""
+    from .distributed import MPIRunner, world  # distributed builds on this module
+
+    if world() is not None:
+        if model.xp is not np:  # the Allreduce buffers are host memory
+            raise CharRNNError("--device gpu does not combine with mpiexec yet: use --device cpu")
+        return contextlib.nullcontext(MPIRunner(model, world()))
     if workers < 2 or model.xp is not np:
         return contextlib.nullcontext(model)
     try:

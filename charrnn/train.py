@@ -253,6 +253,11 @@ class Trainer:
             return "early_stop"
         return self.stop_requested
 
+    def agree(self, reason: str | None) -> str | None:
+        """Why every process of the run stops before the next step (one process here; the ranks
+        of an MPI job agree: distributed.MPITrainer)."""
+        return reason
+
     def run(self, show_progress: bool | None = None) -> RunResult:
         t, p, model = self.tcfg, self.progress, self.model
         chars_per_step = t.batch_size * t.seq_len
@@ -277,6 +282,7 @@ class Trainer:
         with _StopFlag() as stop, bar, workers as self.runner:
             while True:
                 reason = self.stop_reason(started) or (stop.signum and signal.Signals(stop.signum).name)
+                reason = self.agree(reason)
                 if reason:
                     break
                 x, y = self.batches.window(p["window"])

@@ -1,7 +1,9 @@
-"""Shared helpers for the engine tests: a central-difference gradient check."""
+"""Shared helpers: a central-difference gradient check, and a small corpus of number words for
+the tests that train in a real process (a module can define its own `corpus` instead)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -48,3 +50,12 @@ def check_grads(f: Callable[[], float], arrays: dict, analytic: dict, tol: float
 def gradcheck():
     """check_grads(f, arrays, analytic, tol=1e-6): see conftest.check_grads."""
     return check_grads
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    path = tmp_path_factory.mktemp("corpus") / "numbers.txt"
+    path.write_text("".join(" ".join(rng.choice(words, 6)) + "\n" for _ in range(400)), encoding="utf-8")
+    return path

@@ -11,7 +11,14 @@ import pytest
 from charrnn.config import ModelConfig
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
-from charrnn.parallel import DataParallel, auto_workers, parallel_or_model, split_rows
+from charrnn.parallel import (
+    DataParallel,
+    auto_workers,
+    available_cpus,
+    cgroup_cpus,
+    parallel_or_model,
+    split_rows,
+)
 from charrnn.scoring import PARALLEL_MIN_CHARS, score_ids
 from charrnn.train import evaluate
 
@@ -149,3 +156,21 @@ def test_workers_that_cannot_start_leave_training_in_one_process(monkeypatch, ca
         assert runner is model
     assert "no worker processes" in capsys.readouterr().err
     assert all(p.flags.owndata for p in model.params.values())
+
+
+@pytest.mark.parametrize(
+    "files, cpus",
+    [
+        ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2: 1.5 CPUs, rounded up
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_a_containers_cpu_quota_limits_the_workers(tmp_path, files, cpus):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpus(tmp_path) == cpus
+    assert available_cpus(tmp_path) == min(len(os.sched_getaffinity(0)), cpus or os.cpu_count())

@@ -39,15 +39,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    rng = np.random.default_rng(0)
-    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
-    path = tmp_path_factory.mktemp("corpus") / "numbers.txt"
-    path.write_text("".join(" ".join(rng.choice(words, 6)) + "\n" for _ in range(400)), encoding="utf-8")
-    return path
-
-
 def start(corpus, out, *extra, env=None, new_session=False) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "charrnn", "train", str(corpus), "-o", str(out), *TINY, *map(str, extra)],
