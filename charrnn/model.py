@@ -68,8 +68,9 @@ def init_params(cfg: ModelConfig, rng: np.random.Generator, dtype=np.float32) ->
     """PyTorch's recurrent initialisation for every cell and every weight and gate bias,
     U(-1/sqrt(H), 1/sqrt(H)); N(0, 1) embeddings; zero output bias so the initial loss is close
     to ln V. No gate bias is special: a forget-gate bias of 1 (Jozefowicz et al. 2015, and
-    charrnn until 2026-12) trained the LSTM slower in every run measured, by 0.13-0.17
-    nats/char after 1,600 steps on English and on Python (docs/RESULTS.md, "Initialisation")."""
+    charrnn until 2026-12) trained the LSTM slower in every run measured, by 0.12-0.17
+    nats/char after 1,600 steps on English and on Python and still 0.045 behind after 4,000
+    (docs/RESULTS.md, "Initialisation")."""
     bound = 1.0 / np.sqrt(cfg.hidden_size)
     params = {}
     for name, shape in param_shapes(cfg).items():
