@@ -501,7 +501,7 @@ def report(results: dict, todo: list[dict], sides: list[str], args, vocab: tuple
         bound = bandwidth[str(wb)] / wb * c["samples"]  # a batch reads the weights once per step
         lines.append(
             f"{n:<28}{fmt(med[n]['charrnn']):>12}{fmt(torch_med(n)):>12}{fmt(ratio(n), '.2f'):>7}"
-            f"{bound:>11,.0f}{med[n]['charrnn'] / bound:>10.2f}"
+            f"{bound:>11,.0f}{med[n]['charrnn'] / bound:>10.3g}"
         )
     lines += ["", f"{'scoring':<28}{'charrnn c/s':>12}{'torch c/s':>12}{'ratio':>7}"]
     for c in (c for c in todo if c["kind"] == "score"):
