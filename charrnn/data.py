@@ -474,6 +474,14 @@ def eval_windows(ids: np.ndarray, seq_len: int, max_streams: int) -> Iterator[tu
         yield from _windows(ids[used : n - 1][None], ids[used + 1 : n][None], seq_len)
 
 
+def _sample_shape(num_ids: int, seq_len: int, streams: int, budget: int) -> tuple[int, int] | None:
+    """(segments, length) of the evaluation sample; None when the budget covers every target."""
+    if not budget or budget >= num_ids - 1:
+        return None
+    segments = max(1, min(streams, budget // seq_len))
+    return segments, budget // segments
+
+
 def sampled_eval_windows(
     ids: np.ndarray, seq_len: int, streams: int, budget: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -481,13 +489,12 @@ def sampled_eval_windows(
     ids: all of them): `streams` segments of equal length at evenly spaced places, the same
     ones every time, so that successive evaluations compare and a long validation text is
     sampled from end to end instead of only at its start. Only those segments are read."""
-    n = len(ids)
-    if not budget or budget >= n - 1:
+    shape = _sample_shape(len(ids), seq_len, streams, budget)
+    if shape is None:
         yield from eval_windows(ids, seq_len, streams)
         return
-    S = max(1, min(streams, budget // seq_len))
-    L = budget // S
-    starts = np.linspace(0, n - L - 1, S).round().astype(np.int64)
+    S, L = shape
+    starts = np.linspace(0, len(ids) - L - 1, S).round().astype(np.int64)
     x = np.stack([ids[a : a + L] for a in starts])  # (S, L)
     y = np.stack([ids[a + 1 : a + L + 1] for a in starts])
     yield from _windows(x, y, seq_len)
@@ -495,10 +502,8 @@ def sampled_eval_windows(
 
 def eval_targets(num_ids: int, seq_len: int, streams: int, budget: int) -> int:
     """How many targets sampled_eval_windows scores."""
-    if not budget or budget >= num_ids - 1:
-        return max(num_ids - 1, 0)
-    S = max(1, min(streams, budget // seq_len))
-    return S * (budget // S)
+    shape = _sample_shape(num_ids, seq_len, streams, budget)
+    return max(num_ids - 1, 0) if shape is None else shape[0] * shape[1]
 
 
 def _windows(x: np.ndarray, y: np.ndarray, seq_len: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

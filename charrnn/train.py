@@ -431,6 +431,12 @@ def _refuse_differences(what: str, saved: dict, requested: dict) -> None:
         raise CharRNNError(f"cannot {what}: " + ", ".join(diffs) + " differ from the checkpoint")
 
 
+def _read_corpus(paths, policy: TextPolicy, vocab, unknown: str, kept: Path, show_progress) -> Corpus:
+    """load_corpus with a progress bar, keeping a memory-mapped corpus's ids at `kept`."""
+    with reading_bar(paths, show=show_progress) as bar:
+        return load_corpus(paths, policy, vocab=vocab, unknown=unknown, on_read=bar.update, keep_at=kept)
+
+
 def prepare_run(
     paths: list[Path],
     model_options: dict,
@@ -476,10 +482,7 @@ def prepare_run(
             )
             return Trainer(corpus, ckpt.model(), tcfg, out_dir, ckpt)
         # skip, then refuse: new characters mean a new corpus, and --unknown does not apply here
-        with reading_bar(paths, show=show_progress) as bar:
-            corpus = load_corpus(
-                paths, ckpt.text_policy, vocab=ckpt.vocab, unknown="skip", on_read=bar.update, keep_at=kept
-            )
+        corpus = _read_corpus(paths, ckpt.text_policy, ckpt.vocab, "skip", kept, show_progress)
         if corpus.skipped or corpus.fingerprint != record.get("fingerprint"):
             new = (
                 f"; it has {corpus.skipped:,} character(s) the model's vocabulary lacks"
@@ -501,8 +504,7 @@ def prepare_run(
         _refuse_differences("fine-tune", ckpt.model_config.to_dict(), model_options)
         # the checkpoint's vocabulary stays: its rows of Wx and columns of Wy are what was learnt
         vocab = ckpt.vocab
-    with reading_bar(paths, show=show_progress) as bar:
-        corpus = load_corpus(paths, policy, vocab=vocab, unknown=unknown, on_read=bar.update, keep_at=kept)
+    corpus = _read_corpus(paths, policy, vocab, unknown, kept, show_progress)
     if init_from is not None:
         return Trainer(corpus, ckpt.model(), tcfg, out_dir, None)
     if model_options.get("embedding_size") is None:

@@ -226,6 +226,16 @@ def test_init_from_fine_tunes_with_the_cli_defaults(corpus, run_dir, tmp_path):
     assert 0 < moved < 0.05  # one Adam step from the source weights, not a fresh initialisation
 
 
+def assert_same_training_state(a, b) -> None:
+    """Two checkpoints hold bit for bit the same weights, Adam state and carried hidden state."""
+    for name in a.params:
+        assert np.array_equal(a.params[name], b.params[name]), name
+    for key in a.optimizer:
+        assert np.array_equal(a.optimizer[key], b.optimizer[key]), key
+    for sa, sb in zip(a.hidden, b.hidden):
+        assert all(np.array_equal(x, y) for x, y in zip(sa, sb))
+
+
 @pytest.mark.parametrize("cell, workers", [("lstm", 1), ("gru", 1), ("lstm", 2)])
 def test_resume_is_bitwise_exact(corpus, tmp_path, cell, workers):
     common = [
@@ -251,12 +261,7 @@ def test_resume_is_bitwise_exact(corpus, tmp_path, cell, workers):
     assert first.returncode == 0 and resumed.returncode == 0, resumed.stderr
     a, b = load_checkpoint(tmp_path / "a" / "last.npz"), load_checkpoint(tmp_path / "b" / "last.npz")
     assert a.progress["step"] == b.progress["step"] == 17
-    for name in a.params:
-        assert np.array_equal(a.params[name], b.params[name]), name
-    for key in a.optimizer:
-        assert np.array_equal(a.optimizer[key], b.optimizer[key]), key
-    for sa, sb in zip(a.hidden, b.hidden):
-        assert all(np.array_equal(x, y) for x, y in zip(sa, sb))
+    assert_same_training_state(a, b)
     assert a.progress["rng"] == b.progress["rng"]
 
 

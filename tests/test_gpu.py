@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_cells import CASES, make_case
-from test_cli import TINY, make_text, run
+from test_cli import TINY, assert_same_training_state, make_text, run
 from test_model import CELL_CASES, GRAD_CASES, V, make_model, random_ids, random_state
 
 from charrnn import backend
@@ -412,12 +412,7 @@ def test_gpu_resume_is_bitwise_exact_and_may_switch_device(cp, corpus, tmp_path,
     assert resumed.exit_code == 0, resumed.output
     a, b = load_checkpoint(tmp_path / "a" / "last.npz"), load_checkpoint(tmp_path / "b" / "last.npz")
     assert a.progress["step"] == b.progress["step"] == 17
-    for name in a.params:
-        assert np.array_equal(a.params[name], b.params[name]), name
-    for key in a.optimizer:
-        assert np.array_equal(a.optimizer[key], b.optimizer[key]), key
-    for sa, sb in zip(a.hidden, b.hidden):
-        assert all(np.array_equal(x, y) for x, y in zip(sa, sb))
+    assert_same_training_state(a, b)
     # the same run continues on the CPU: a device switch is a resume like any other
     on_cpu = run(
         "train", corpus, "-o", tmp_path / "b", "--resume", "--max-steps", 20, "-q", "--device", "cpu"
