@@ -105,7 +105,7 @@ def given(ctx: click.Context, names) -> dict:
 MODEL_OPTIONS = ("cell", "hidden_size", "num_layers", "dropout", "embedding_size", "peephole", "nonlinearity")
 TRAIN_OPTIONS = (
     "seq_len", "batch_size", "lr", "lr_decay", "lr_decay_every", "plateau_factor", "plateau_patience",
-    "grad_clip", "val_frac", "seed", "epochs", "max_steps", "max_time", "patience", "eval_every",
+    "warmdown", "grad_clip", "val_frac", "seed", "epochs", "max_steps", "max_time", "patience", "eval_every",
     "eval_chars", "save_every", "workers",
 )  # fmt: skip
 
@@ -173,6 +173,14 @@ TRAIN_OPTIONS = (
     type=FiniteFloat(0, 1, lo_open=True, hi_open=True),
     default=TrainConfig.plateau_factor,
     show_default=True,
+)
+@click.option(
+    "--warmdown",
+    type=FiniteFloat(0, 1),
+    default=TrainConfig.warmdown,
+    show_default=True,
+    help="Let the learning rate fall linearly to 0 over this last fraction of the run's "
+    "--max-steps, --epochs or --max-time, whichever ends it first (0: off).",
 )
 @click.option(
     "--grad-clip",

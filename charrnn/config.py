@@ -68,6 +68,7 @@ class TrainConfig:
     lr_decay_every: int = 0
     plateau_factor: float = 0.5
     plateau_patience: int = 2
+    warmdown: float = 0.0  # fraction of a bounded run (steps, epochs or time) over which lr falls to 0
     grad_clip: float = 5.0
     val_frac: float = 0.1
     seed: int = 0

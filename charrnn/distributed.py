@@ -256,6 +256,10 @@ class MPITrainer(Trainer):
         self.comm.Allreduce(MPI.IN_PLACE, code, op=MPI.MAX)
         return STOP_REASONS[code[0] - 1] if code[0] else None
 
+    def spent(self, started: float) -> float:
+        # the clocks of the ranks differ by microseconds, but every rank must take one learning rate
+        return self.comm.bcast(super().spent(started), root=0)
+
     def run(self, show_progress: bool | None = None):
         result = super().run(show_progress)
         if result.reason.startswith("SIG"):  # also on a rank the signal did not reach

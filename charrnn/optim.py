@@ -78,20 +78,27 @@ def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
 
 
 class LRSchedule:
-    """lr = base * decay^(step // decay_every) * plateau_scale.
+    """lr = base * decay^(step // decay_every) * plateau_scale * warmdown_scale.
 
     Step decay is char-rnn's schedule; the plateau scale multiplies by `plateau_factor` after
     `plateau_patience` evaluations without a new best validation loss (0 disables either).
+    The warmdown scale falls linearly from 1 to 0 over the last `warmdown` fraction of a run
+    whose end is known (`done`: the fraction of the step, epoch or time budget already spent);
+    annealing into the end of a budget gains more than any constant rate (docs/RESULTS.md).
     Its state is three numbers, saved in the checkpoint so a resumed run continues the schedule."""
 
-    def __init__(self, base_lr, decay=1.0, decay_every=0, plateau_factor=0.5, plateau_patience=0):
+    def __init__(
+        self, base_lr, decay=1.0, decay_every=0, plateau_factor=0.5, plateau_patience=0, warmdown=0.0
+    ):
         self.base_lr, self.decay, self.decay_every = base_lr, decay, decay_every
         self.plateau_factor, self.plateau_patience = plateau_factor, plateau_patience
+        self.warmdown = warmdown
         self.scale, self.best, self.bad_evals = 1.0, math.inf, 0
 
-    def lr(self, step: int) -> float:
+    def lr(self, step: int, done: float = 0.0) -> float:
         decays = step // self.decay_every if self.decay_every else 0
-        return self.base_lr * self.decay**decays * self.scale
+        warmdown_scale = min(1.0, max(0.0, 1.0 - done) / self.warmdown) if self.warmdown else 1.0
+        return self.base_lr * self.decay**decays * self.scale * warmdown_scale
 
     def observe(self, val_loss: float) -> bool:
         """Record a validation loss; True when it lowered the plateau scale."""

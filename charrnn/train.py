@@ -154,7 +154,12 @@ class Trainer:
         self.batches = Batches(self.train_ids, tcfg.batch_size, tcfg.seq_len)
         self.adam = Adam(model.params, tcfg.beta1, tcfg.beta2, tcfg.eps)
         self.schedule = LRSchedule(
-            tcfg.lr, tcfg.lr_decay, tcfg.lr_decay_every, tcfg.plateau_factor, tcfg.plateau_patience
+            tcfg.lr,
+            tcfg.lr_decay,
+            tcfg.lr_decay_every,
+            tcfg.plateau_factor,
+            tcfg.plateau_patience,
+            tcfg.warmdown,
         )
         self.rng = np.random.default_rng(tcfg.seed)
         self.state = None
@@ -253,6 +258,19 @@ class Trainer:
             return "early_stop"
         return self.stop_requested
 
+    def spent(self, started: float) -> float:
+        """The fraction of the run's bound already spent: steps, epochs or this invocation's
+        time, whichever is furthest along (0 for an unbounded run)."""
+        t, p = self.tcfg, self.progress
+        fractions = [0.0]
+        if t.max_steps:
+            fractions.append(p["step"] / t.max_steps)
+        if t.epochs:
+            fractions.append(p["window"] / (t.epochs * self.batches.windows_per_epoch))
+        if t.max_time:
+            fractions.append((time.monotonic() - started) / t.max_time)
+        return max(fractions)
+
     def agree(self, reason: str | None) -> str | None:
         """Why every process of the run stops before the next step (one process here; the ranks
         of an MPI job agree: distributed.MPITrainer)."""
@@ -286,7 +304,7 @@ class Trainer:
                 if reason:
                     break
                 x, y = self.batches.window(p["window"])
-                lr = self.schedule.lr(p["step"])
+                lr = self.schedule.lr(p["step"], self.spent(started) if t.warmdown else 0.0)
                 loss, grads, state = self.runner.loss_and_grads(
                     x, y, self.state, self.rng if model.config.dropout else None
                 )

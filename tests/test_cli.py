@@ -58,6 +58,15 @@ def test_train_writes_run_directory(run_dir):
     assert best["best_val"] == min(r["val_loss"] for r in records)
 
 
+def test_warmdown_anneals_the_learning_rate_into_the_step_budget(corpus, tmp_path):
+    args = ("--max-steps", 40, "--eval-every", 10, "--lr", 0.01, "--warmdown", 0.5)
+    result = run("train", corpus, "-o", tmp_path / "run", *TINY, *args)
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    # the lr logged at step s was used for the update from step s - 1, when (s - 1) / 40 was spent
+    assert [json.loads(line)["lr"] for line in lines] == pytest.approx([0.01, 0.01, 0.0055, 0.0005])
+
+
 def sample(run_dir, *args) -> str:
     result = run("sample", "-c", run_dir, *args)
     assert result.exit_code == 0, result.output

@@ -151,6 +151,15 @@ def test_lr_schedule_plateau():
     assert never.lr(0) == 1.0
 
 
+def test_lr_schedule_warmdown_falls_linearly_to_zero_at_the_end_of_the_budget():
+    s = LRSchedule(1.0, warmdown=0.25)
+    assert [s.lr(0, done) for done in (0.0, 0.5, 0.75, 0.875, 1.0, 1.2)] == [1.0, 1.0, 1.0, 0.5, 0.0, 0.0]
+    # it multiplies the other factors rather than replacing them
+    both = LRSchedule(1.0, decay=0.5, decay_every=10, warmdown=0.5)
+    assert both.lr(10, 0.75) == 0.25
+    assert LRSchedule(1.0).lr(0, 0.99) == 1.0  # warmdown 0: off
+
+
 def test_lr_schedule_state_dict_round_trip():
     a = LRSchedule(1.0, decay=0.9, decay_every=5, plateau_factor=0.1, plateau_patience=2)
     for v in (1.0, 1.2, 1.3, 1.1):
