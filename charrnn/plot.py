@@ -85,9 +85,9 @@ def _finite(x) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def _series(records: list[dict], x: str, y: str) -> tuple[list, list]:
-    """The (x, y) points of the records whose y is a finite number."""
-    points = [(r[x], r[y]) for r in records if _finite(r.get(y))]
+def _series(records: list[dict], x: str, y: str, scale: float) -> tuple[list, list]:
+    """The (x / scale, y) points of the records whose y is a finite number."""
+    points = [(r[x] / scale, r[y]) for r in records if _finite(r.get(y))]
     return [p[0] for p in points], [p[1] for p in points]
 
 
@@ -115,6 +115,16 @@ def run_names(run_dirs: list[Path]) -> list[str]:
 
 def plot_runs(run_dirs: list[Path], out: Path) -> None:
     """Draw the runs' learning curves into `out` (a .png, .svg or .pdf)."""
+    fig = learning_curves(run_dirs)
+    try:
+        fig.savefig(out)
+    except OSError as e:
+        raise CharRNNError(f"cannot write {out}: {e.strerror or e}") from None
+
+
+def learning_curves(run_dirs: list[Path]):
+    """The runs' learning curves as a matplotlib Figure: loss by step on the left, by
+    training time on the right."""
     Figure = _figure_class()
     runs = [read_metrics(d) for d in run_dirs]
     unit, size = _time_unit(max(r["elapsed"] for records in runs for r in records))
@@ -122,12 +132,10 @@ def plot_runs(run_dirs: list[Path], out: Path) -> None:
     by_step, by_time = fig.subplots(1, 2, sharey=True)
     for i, (name, records) in enumerate(zip(run_names(run_dirs), runs)):
         colour = f"C{i % 10}"  # matplotlib's default cycle of ten colours
-        for ax, x in ((by_step, "step"), (by_time, "elapsed")):
-            scale = size if x == "elapsed" else 1.0
-            xs, ys = _series(records, x, "train_loss")
-            ax.plot([v / scale for v in xs], ys, color=colour, lw=1, alpha=0.6, label=f"{name} train")
-            xs, ys = _series(records, x, "val_loss")
-            ax.plot([v / scale for v in xs], ys, "o-", color=colour, lw=2, ms=3, label=f"{name} validation")
+        for ax, x, scale in ((by_step, "step", 1.0), (by_time, "elapsed", size)):
+            train, val = (_series(records, x, y, scale) for y in ("train_loss", "val_loss"))
+            ax.plot(*train, color=colour, lw=1, alpha=0.6, label=f"{name} train")
+            ax.plot(*val, "o-", color=colour, lw=2, ms=3, label=f"{name} validation")
     by_step.set_xlabel("step")
     by_time.set_xlabel(f"training time ({unit})")
     by_step.set_ylabel("loss (nats/char)")
@@ -135,7 +143,4 @@ def plot_runs(run_dirs: list[Path], out: Path) -> None:
     for ax in (by_step, by_time):
         ax.grid(alpha=0.3)
     by_step.legend(fontsize="small")
-    try:
-        fig.savefig(out)
-    except OSError as e:
-        raise CharRNNError(f"cannot write {out}: {e.strerror or e}") from None
+    return fig
