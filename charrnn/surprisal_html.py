@@ -5,8 +5,8 @@ same scale: scoring.SURPRISAL_COLOURS, whole bits of surprisal) and whose title,
 tooltip, gives its surprisal in nats and bits. Newlines and spaces are kept (white-space:
 pre-wrap); a newline also shows as a return sign, drawn by CSS so that copying the text gives
 the text. Other control characters show as their Unicode control pictures (U+2400 + code), and
-characters the vocabulary lacks (--unknown skip) are struck through. Inline CSS only: no
-script, no fonts or anything else fetched.
+characters the vocabulary lacks (--unknown skip) are uncoloured in a dashed box. Inline CSS
+only: no script, no fonts or anything else fetched.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ h1 { font-size: 1.3em; } h2 { font-size: 1.1em; margin-top: 2em; }
 .text { font: 14px/1.6 monospace; white-space: pre-wrap; overflow-wrap: anywhere; }
 .legend span { display: inline-block; padding: 0 0.5em; margin-right: 0.2em; }
 .nl::before { content: "\\21b5"; }
-.unknown { color: #888888; text-decoration: line-through; outline: 1px dashed #888888; }
+.unknown { color: #aaaaaa; outline: 1px dashed #aaaaaa; }
 """
 
 
