@@ -125,8 +125,8 @@ def plot_runs(run_dirs: list[Path], out: Path) -> None:
 def learning_curves(run_dirs: list[Path]):
     """The runs' learning curves as a matplotlib Figure: loss by step on the left, by
     training time on the right."""
-    Figure = _figure_class()
     runs = [read_metrics(d) for d in run_dirs]
+    Figure = _figure_class()
     unit, size = _time_unit(max(r["elapsed"] for records in runs for r in records))
     fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
     by_step, by_time = fig.subplots(1, 2, sharey=True)
