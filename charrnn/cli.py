@@ -24,7 +24,14 @@ from .config import CELLS, NONLINEARITIES, ModelConfig, TrainConfig
 from .data import expand_paths
 from .errors import CharRNNError
 from .sampling import SampleOptions, generate
-from .scoring import render_surprisal, score_file, score_lines, surprisal, surprisal_legend
+from .scoring import (
+    render_surprisal,
+    score_file,
+    score_lines,
+    surprisal_legend,
+    surprisal_score,
+    text_surprisal,
+)
 from .text import TextPolicy, read_text
 from .train import summary_line
 from .vocab import UNKNOWN_POLICIES
@@ -352,6 +359,29 @@ def _scores(checkpoint, files, exact, streams, unknown, workers, xp):
     return [score_file(model, ckpt.vocab, ckpt.text_policy, f, streams, unknown, workers) for f in files]
 
 
+def _show_surprisal(checkpoint, files, unknown, xp, html_file: Path | None) -> None:
+    """Each file coloured by surprisal: on stdout, or as one HTML page written to html_file."""
+    path = resolve_checkpoint(checkpoint)
+    ckpt = load_checkpoint(path)
+    model = ckpt.model().to(xp)
+    views = []
+    for f in files:
+        text = read_text(f, ckpt.text_policy)
+        nats, known = text_surprisal(model, ckpt.vocab, text, unknown)
+        if html_file is None:
+            # colour is the whole point of this view, so it stays on when piped (e.g. into less -R)
+            click.echo(render_surprisal(text, nats), color=True)
+        else:
+            views.append((surprisal_score(str(f), nats, known), text, nats, known))
+    if html_file is None:
+        click.echo(surprisal_legend(), err=True, color=True)
+        return
+    from .surprisal_html import surprisal_page
+
+    html_file.write_text(surprisal_page(views, str(path)), encoding="utf-8")
+    click.echo(f"wrote {html_file}", err=True)
+
+
 STREAMS = click.option(
     "--streams",
     type=click.IntRange(1, 4096),
@@ -368,22 +398,24 @@ EXACT = click.option("--exact", is_flag=True, help="One stream over the whole te
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file (per line with --per-line).")
 @click.option("--per-line", is_flag=True, help="Score each line on its own.")
 @click.option("--surprisal", "show_surprisal", is_flag=True, help="Print the text coloured by surprise.")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the --surprisal view of the files as one self-contained HTML page instead.",
+)
 @EXACT
 @STREAMS
 @UNKNOWN
 @WORKERS
 @DEVICE
-def score(files, checkpoint, as_json, per_line, show_surprisal, exact, streams, unknown, workers, device):
+def score(
+    files, checkpoint, as_json, per_line, show_surprisal, html_file, exact, streams, unknown, workers, device
+):
     """How well the model predicts each file: nats/char, bits/char, perplexity."""
     xp = resolve_device(device)
-    if show_surprisal:
-        ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
-        model = ckpt.model().to(xp)
-        for f in files:
-            ids, _ = ckpt.vocab.encode(read_text(f, ckpt.text_policy), unknown=unknown)
-            # colour is the whole point of this view, so it stays on when piped (e.g. into less -R)
-            click.echo(render_surprisal(ckpt.vocab.decode(ids), surprisal(model, ids)), color=True)
-        click.echo(surprisal_legend(), err=True, color=True)
+    if show_surprisal or html_file:
+        _show_surprisal(checkpoint, files, unknown, xp, html_file)
         return
     if per_line:
         ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
@@ -499,6 +531,28 @@ def tune(
         click.echo(f"best trial's checkpoints: {Path(options.out_dir) / 'best'}", err=True)
     if signum:
         ctx.exit(128 + signum)
+
+
+@main.command()
+@click.argument(
+    "runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The picture to write: .png, .svg or .pdf.",
+)
+def plot(runs, output):
+    """Draw the learning curves of training runs (their metrics.jsonl): training and validation
+    loss against steps and against training time, the runs overlaid (needs matplotlib)."""
+    from . import plot as plotting
+
+    if output.suffix.lower() not in plotting.FORMATS:
+        raise click.BadParameter(f"{output} is not one of {', '.join(plotting.FORMATS)}", param_hint="-o")
+    plotting.plot_runs(list(runs), output)
+    click.echo(f"wrote {output}", err=True)
 
 
 @main.command()

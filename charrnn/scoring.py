@@ -29,7 +29,7 @@ from .model import CharRNN
 from .parallel import parallel_or_model, resolve_workers
 from .progress import reading_bar, scoring_bar
 from .text import TextPolicy, read_text
-from .vocab import Vocab
+from .vocab import Vocab, to_codepoints
 
 # logits of one window are (streams * T, V); this caps that array (float32 elements)
 WINDOW_ELEMENTS = 1 << 22
@@ -160,11 +160,14 @@ def score_file(
         corpus = load_corpus([path], policy, vocab=vocab, unknown=unknown, on_read=bar.update)
     nats, chars, used = score_ids(model, corpus.ids, streams, warmup, workers, str(path), show_progress)
     if chars == 0:
-        raise CharRNNError(
-            f"nothing to score in {path}: it has {corpus.num_chars} character(s) the model knows,"
-            " at least 2 are needed"
-        )
+        raise _nothing_to_score(path, corpus.num_chars)
     return _checked(Score(str(path), chars, nats, corpus.skipped, used))
+
+
+def _nothing_to_score(name, known: int) -> CharRNNError:
+    return CharRNNError(
+        f"nothing to score in {name}: it has {known} character(s) the model knows, at least 2 are needed"
+    )
 
 
 def _checked(score: Score) -> Score:
@@ -218,18 +221,53 @@ def surprisal(model: CharRNN, ids: np.ndarray) -> np.ndarray:
     return out
 
 
-# 256-colour backgrounds from calm to alarmed, indexed by bits of surprisal (0-1, 1-2, ... 7+)
+def text_surprisal(
+    model: CharRNN, vocab: Vocab, text: str, unknown: str = "error"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(nats, known), both aligned with text: known[i] says whether text[i] is in the vocabulary,
+    nats[i] is its surprisal given the known characters before it, NaN for the first known
+    character and for unknown ones (which unknown="error" refuses)."""
+    ids, _ = vocab.encode(text, unknown=unknown)
+    known = vocab.lookup(to_codepoints(text)) >= 0
+    nats = np.full(len(known), math.nan)
+    nats[known] = surprisal(model, ids)
+    return nats, known
+
+
+def surprisal_score(name: str, nats: np.ndarray, known: np.ndarray) -> Score:
+    """The exact Score of a text from its text_surprisal."""
+    scored = nats[known][1:]
+    if not len(scored):
+        raise _nothing_to_score(name, int(known.sum()))
+    return _checked(Score(name, len(scored), float(scored.sum()), int((~known).sum())))
+
+
+# 256-colour backgrounds from calm to alarmed, indexed by whole bits of surprisal (0-1, 1-2, ...
+# 7+); the HTML view (surprisal_html.py) shows the same colours
 SURPRISAL_COLOURS = (22, 28, 64, 100, 136, 166, 160, 124)
 
 
+def surprisal_level(nats: float) -> int:
+    """The index into SURPRISAL_COLOURS of a surprisal (not NaN) in nats."""
+    return min(int(bits_per_char(nats)), len(SURPRISAL_COLOURS) - 1)
+
+
+def xterm_rgb(colour: int) -> str:
+    """'#rrggbb' of a colour of the xterm 256-colour cube (16-231: 16 + 36 r + 6 g + b, levels
+    0, 95, 135, 175, 215, 255)."""
+    r, g, b = (colour - 16) // 36, (colour - 16) // 6 % 6, (colour - 16) % 6
+    return "#" + "".join(f"{55 + 40 * v if v else 0:02x}" for v in (r, g, b))
+
+
 def render_surprisal(text: str, nats: np.ndarray) -> str:
-    """ANSI-coloured text: each character's background shows how surprising it was."""
+    """ANSI-coloured text: each character's background shows how surprising it was; characters
+    not scored (NaN) stay uncoloured."""
     out = []
     for ch, n in zip(text, nats):
         if math.isnan(n):
             out.append(ch)
             continue
-        colour = SURPRISAL_COLOURS[min(int(bits_per_char(n)), len(SURPRISAL_COLOURS) - 1)]
+        colour = SURPRISAL_COLOURS[surprisal_level(n)]
         # a newline shows as a coloured return sign, then breaks the line
         shown = "\u21b5" if ch == "\n" else ch
         out.append(f"\x1b[48;5;{colour}m{shown}\x1b[0m" + ("\n" if ch == "\n" else ""))

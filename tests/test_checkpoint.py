@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,11 +35,13 @@ from charrnn.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from charrnn.cli import main
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.errors import CheckpointError
 from charrnn.model import CharRNN
 from charrnn.optim import Adam
 from charrnn.text import TextPolicy
+from charrnn.text import read_text as charrnn_read_text
 from charrnn.vocab import Vocab
 
 ASTRAL = (10, 65, 0xE9, 0x4E2D, 0x1F600, 0x10FFFF)  # newline, Latin, CJK, emoji, the last code point
@@ -860,6 +863,20 @@ def test_latest_checkpoint_picks_the_newest(tmp_path):
 # ---------------------------------------------------------------------- the documented PyTorch reader
 
 
+def documented_script() -> dict:
+    doc = (Path(__file__).parents[1] / "docs" / "checkpoint-format.md").read_text(encoding="utf-8")
+    script = re.search(r"## Loading the weights in PyTorch.*?```python\n(.*?)```", doc, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(script, "checkpoint-format.md", "exec"), namespace)
+    return namespace
+
+
+def big_endian(path: Path) -> None:
+    """Rewrite every multi-byte member of a checkpoint in big-endian byte order."""
+    members = [(name, np.load(io.BytesIO(data))) for name, data in read_members(path)]
+    write_members(path, [(name, npy(a.astype(a.dtype.newbyteorder(">")))) for name, a in members])
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -868,27 +885,68 @@ def test_latest_checkpoint_picks_the_newest(tmp_path):
         {"cell": "rnn", "nonlinearity": "relu"},
         {"cell": "lstm", "embedding_size": 4, "dtype": np.float64},
         {"cell": "gru", "embedding_size": 3},
+        {"cell": "lstm", "big_endian": True},
+        {"cell": "gru", "dtype": np.float64, "big_endian": True},
     ],
     ids=repr,
 )
-def test_documented_pytorch_script_reproduces_perplexity(tmp_path, options):
+def test_documented_pytorch_script_reproduces_score_exact(tmp_path, options):
     pytest.importorskip("torch")
-    doc = (Path(__file__).parents[1] / "docs" / "checkpoint-format.md").read_text(encoding="utf-8")
-    script = re.search(r"## Loading the weights in PyTorch.*?```python\n(.*?)```", doc, re.S).group(1)
-    namespace: dict = {}
-    exec(compile(script, "checkpoint-format.md", "exec"), namespace)
-
-    text = "the cat sat on the mat, ünïcødé 😀 and the dog\n" * 2
+    score = documented_script()["score"]
+    text = "the cat sat on the mat, ünïcødé 😀\u2028and the dog\n" * 2
     vocab = Vocab.from_text(text)
     options = dict(options)
     dtype = options.pop("dtype", np.float32)
+    swap = options.pop("big_endian", False)
     cfg = ModelConfig(vocab_size=len(vocab), hidden_size=8, num_layers=2, **options)
     model = CharRNN.create(cfg, seed=1, dtype=dtype)
     rng = np.random.default_rng(2)
     for p in model.params.values():  # away from the initialisation, so every weight matters
         p += rng.normal(0, 0.3, p.shape).astype(dtype)
-    save_checkpoint(tmp_path / "c.npz", Checkpoint(cfg, model.params, vocab, TextPolicy()))
-    ids = vocab.encode(text)[0].astype(np.int64)
-    ours = math.exp(model.nll(ids[None, :-1], ids[None, 1:])[0].mean())
-    theirs = namespace["perplexity"](tmp_path / "c.npz", text)
-    assert theirs == pytest.approx(ours, rel=1e-12 if dtype == np.float64 else 1e-6)
+    ckpt = tmp_path / "c.npz"
+    save_checkpoint(ckpt, Checkpoint(cfg, model.params, vocab, TextPolicy()))
+    if swap:
+        big_endian(ckpt)
+        assert np.load(ckpt)["param/Wy"].dtype.byteorder == ">"
+    # a byte-order mark, CRLF and lone CR line ends, and a character the model never saw (§)
+    f = tmp_path / "t.txt"
+    f.write_bytes(
+        b"\xef\xbb\xbf" + text.replace("\n", "\r").replace("\r", "\r\n", 1).replace("dog", "d§og").encode()
+    )
+
+    def charrnn_score(*args):
+        result = CliRunner().invoke(main, ["score", "-c", str(ckpt), str(f), "--exact", "--json", *args])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    ours, theirs = charrnn_score("--unknown", "skip"), score(ckpt, f, skip_unknown=True)
+    assert theirs["chars"] == ours["chars"] == len(text) - 1 and ours["skipped"] == 2
+    assert set(theirs) <= set(ours)  # the names of score --json
+    # float32: torch and charrnn sum in different orders (measured: at most 7e-9 nats/char apart)
+    tol = {"rel": 1e-12} if dtype == np.float64 else {"abs": 1e-8}
+    assert theirs["nats_per_char"] == pytest.approx(ours["nats_per_char"], **tol)
+    assert theirs["perplexity"] == pytest.approx(
+        ours["perplexity"], rel=1e-12 if dtype == np.float64 else 1e-7
+    )
+    with pytest.raises(ValueError, match="not in the vocabulary: \\['§'\\]"):
+        score(ckpt, f)  # as charrnn score without --unknown skip refuses it
+
+
+@pytest.mark.parametrize(
+    "encoding, text",
+    [
+        ("utf-8", "\ufeff\ufeffa\r\nb\rc\r\r\nd\x85e\u2028f\u2029g\x0bh\x0ci\x1cj\n"),
+        ("utf-8-sig", "\ufeff\ufeffa\r\nb"),
+        ("utf-16", "\ufeff\ufeffa\r\nb"),
+        ("utf-16-le", "\ufeffa\rb"),
+        ("latin-1", "caf\xe9\r\n"),
+    ],
+)
+def test_documented_read_text_is_charrnns(tmp_path, encoding, text):
+    pytest.importorskip("torch")
+    read_text = documented_script()["read_text"]
+    f = tmp_path / "t.txt"
+    f.write_bytes(text.encode(encoding))
+    for newline in ("normalize", "keep"):
+        policy = TextPolicy(encoding=encoding, newline=newline)
+        assert read_text(f, policy.to_dict()) == charrnn_read_text(f, policy)

@@ -114,6 +114,21 @@ def test_newlines(tmp_path):
     assert normalize_newlines("x\r\ny\rz", TextPolicy(newline="keep")) == "x\r\ny\rz"
 
 
+def test_only_crlf_and_cr_are_line_ends(tmp_path):
+    # VT, FF, FS, GS, RS, NEL and U+2028/9 end lines for str.splitlines, but are ordinary
+    # characters here, under either policy (docs/checkpoint-format.md, "Reading text")
+    others = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+    path = write(tmp_path, f"a{others}b\r\n".encode())
+    assert read_text(path) == f"a{others}b\n"
+    assert read_text(path, TextPolicy(newline="keep")) == f"a{others}b\r\n"
+
+
+def test_only_one_byte_order_mark_is_dropped(tmp_path):
+    path = write(tmp_path, codecs.BOM_UTF8 * 2 + b"a")
+    assert read_text(path) == "\ufeffa"
+    assert read_text(path, TextPolicy(encoding="utf-8-sig")) == "\ufeffa"  # the codec drops the first
+
+
 def test_crlf_split_across_chunks_is_one_newline(tmp_path):
     data = "ab\r\ncd\r\n\r\n中\r\n\r".encode()
     path = write(tmp_path, data)
