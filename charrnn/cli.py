@@ -22,6 +22,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint
 from .clitypes import CorpusPath, Duration, EscapedText, FiniteFloat
 from .config import CELLS, NONLINEARITIES, ModelConfig, TrainConfig
 from .data import expand_paths
+from .defaults import LONG_LINE, LONG_WINDOW, SHORT_WINDOW
 from .errors import CharRNNError
 from .sampling import SampleOptions, generate
 from .scoring import (
@@ -145,7 +146,12 @@ TRAIN_OPTIONS = (
 )
 # 32 x 50 windows: 3.5 times the updates per second of 64 x 100 at 90% of the characters per
 # second, which reaches a given validation loss in far less time (docs/RESULTS.md)
-@click.option("--seq-len", type=click.IntRange(1, 100_000), default=TrainConfig.seq_len, show_default=True)
+@click.option(
+    "--seq-len",
+    type=click.IntRange(1, 100_000),
+    help=f"Characters per window (truncated BPTT). Default: {SHORT_WINDOW}, or {LONG_WINDOW} for text with "
+    f"many lines longer than {LONG_LINE} chars (code), so a window spans a line.",
+)
 @click.option(
     "--batch-size", type=click.IntRange(1, 65_536), default=TrainConfig.batch_size, show_default=True
 )

@@ -42,6 +42,7 @@ from .data import (
     sampled_eval_windows,
     split_train_val,
 )
+from .defaults import window_length
 from .errors import CharRNNError, CheckpointError
 from .functional import bits_per_char
 from .model import CharRNN
@@ -168,6 +169,7 @@ class Trainer:
         # called with each scheduled evaluation's record; a true result stops the run (tuning's pruner)
         self.on_eval: Callable[[dict], bool] | None = None
         self.stop_requested: str | None = None
+        self.chosen: dict[str, str] = {}  # option -> why this corpus got its default (defaults.py)
         self.progress = {
             "step": 0,
             "window": 0,
@@ -513,7 +515,6 @@ def prepare_run(
                 + new
             )
         return Trainer(corpus, ckpt.model(), tcfg, out_dir, ckpt)
-    tcfg = TrainConfig(**train_options)
     with contextlib.suppress(FileNotFoundError):  # a new run's corpus replaces an old run's ids
         kept.unlink()
     vocab = None
@@ -523,12 +524,20 @@ def prepare_run(
         # the checkpoint's vocabulary stays: its rows of Wx and columns of Wy are what was learnt
         vocab = ckpt.vocab
     corpus = _read_corpus(paths, policy, vocab, unknown, kept, show_progress)
+    chosen = {}
+    if train_options.get("seq_len") is None:
+        seq_len, chosen["seq_len"] = window_length(corpus.ids, corpus.vocab)
+        train_options = dict(train_options, seq_len=seq_len)
+    tcfg = TrainConfig(**train_options)
     if init_from is not None:
-        return Trainer(corpus, ckpt.model(), tcfg, out_dir, None)
-    if model_options.get("embedding_size") is None:
-        model_options = dict(model_options, embedding_size=default_embedding_size(len(corpus.vocab)))
-    cfg = ModelConfig(vocab_size=len(corpus.vocab), **model_options)
-    return Trainer(corpus, CharRNN.create(cfg, seed=tcfg.seed), tcfg, out_dir, None)
+        model = ckpt.model()
+    else:
+        if model_options.get("embedding_size") is None:
+            model_options = dict(model_options, embedding_size=default_embedding_size(len(corpus.vocab)))
+        model = CharRNN.create(ModelConfig(vocab_size=len(corpus.vocab), **model_options), seed=tcfg.seed)
+    trainer = Trainer(corpus, model, tcfg, out_dir, None)
+    trainer.chosen = chosen
+    return trainer
 
 
 def summary_line(trainer: Trainer) -> str:
@@ -538,7 +547,9 @@ def summary_line(trainer: Trainer) -> str:
         f"corpus {', '.join(c.names)}: {c.num_chars:,} chars ({len(trainer.train_ids):,} train, "
         f"{len(trainer.val_ids):,} validation), vocabulary {len(c.vocab)}; model {cfg.cell} "
         f"{cfg.num_layers}x{cfg.hidden_size}, {m.num_params():,} parameters; batch {t.batch_size} x "
-        f"seq {t.seq_len}, {trainer.batches.windows_per_epoch:,} steps/epoch; validation every "
+        f"seq {t.seq_len}"
+        + (f" ({trainer.chosen['seq_len']})" if "seq_len" in trainer.chosen else "")
+        + f", {trainer.batches.windows_per_epoch:,} steps/epoch; validation every "
         f"{t.eval_every:,} steps on {trainer.eval_coverage()}"
         + (f", {trainer.workers()} worker processes" if trainer.workers() > 1 else "")
         + f"; device {device_label(m.xp)}"

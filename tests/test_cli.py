@@ -67,6 +67,19 @@ def test_warmdown_anneals_the_learning_rate_into_the_step_budget(corpus, tmp_pat
     assert [json.loads(line)["lr"] for line in lines] == pytest.approx([0.01, 0.01, 0.0055, 0.0005])
 
 
+def test_the_window_length_follows_the_texts_lines_and_says_why(tmp_path):
+    code = tmp_path / "code.py"
+    code.write_text(
+        "".join(
+            f"    value_{i} = compute(alpha, beta, gamma) + another_call(delta)  # {i}\n" for i in range(300)
+        )
+    )
+    result = run("train", code, "-o", tmp_path / "run", "--hidden-size", 8, "--max-steps", 1, "-q")
+    assert result.exit_code == 0, result.output
+    assert "seq 100 (for this text: 1 line in 100 has" in result.stderr
+    assert load_checkpoint(tmp_path / "run" / "last.npz").train_config.seq_len == 100
+
+
 def sample(run_dir, *args) -> str:
     result = run("sample", "-c", run_dir, *args)
     assert result.exit_code == 0, result.output
