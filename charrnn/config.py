@@ -24,7 +24,7 @@ class ModelConfig:
     layer 0's input weights; a positive value adds a learned (V, E) embedding first."""
 
     vocab_size: int
-    cell: str = "lstm"
+    cell: str = "gru"  # learns faster per step and per second than the lstm (docs/RESULTS.md)
     hidden_size: int = 256
     num_layers: int = 2
     dropout: float = 0.0
@@ -68,7 +68,8 @@ class TrainConfig:
     lr_decay_every: int = 0
     plateau_factor: float = 0.5
     plateau_patience: int = 2
-    warmdown: float = 0.0  # fraction of a bounded run (steps, epochs or time) over which lr falls to 0
+    # the last fraction of a bounded run (steps, epochs or time) over which lr falls to 0
+    warmdown: float = 0.3
     grad_clip: float = 5.0
     val_frac: float = 0.1
     seed: int = 0

@@ -178,7 +178,7 @@ def test_info(run_dir):
     result = run("info", run_dir / "last.npz", "--json")
     assert result.exit_code == 0, result.output
     d = json.loads(result.stdout)
-    assert d["step"] == 40 and d["cell"] == "lstm" and d["parameters"] > 0
+    assert d["step"] == 40 and d["cell"] == "gru" and d["parameters"] > 0
 
 
 @pytest.mark.parametrize(
@@ -274,6 +274,8 @@ def test_resume_is_bitwise_exact(corpus, tmp_path, cell, workers):
         5,
         "--plateau-patience",
         1,
+        "--warmdown",  # 7 steps, then 17: a warmdown would anneal the first budget
+        0,
     ]
     straight = cli("train", corpus, "-o", tmp_path / "a", *common, "--max-steps", 17)
     assert straight.returncode == 0, straight.stderr

@@ -30,7 +30,8 @@ from charrnn.model import CharRNN
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "mpi_bench.py"
 LAUNCH_TIMEOUT = 120  # seconds: far above a launch's few seconds, far below a hung CI job
 TINY = ["--hidden-size", "24", "--seq-len", "16", "--batch-size", "8", "--patience", "0", "-q"]
-TINY += ["--eval-every", "20", "--save-every", "20"]
+# the runs are cut into budgets (--max-steps 20, then 40): a warmdown would anneal the first one
+TINY += ["--eval-every", "20", "--save-every", "20", "--warmdown", "0"]
 
 
 def _mpiexec() -> str | None:

@@ -347,7 +347,7 @@ def fewer_characters(corpus: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     "change, expected",
     [
-        (["--model", "gru"], "cell 'lstm' -> 'gru'"),
+        (["--model", "lstm"], "cell 'gru' -> 'lstm'"),
         (["--layers", "2"], "num_layers 1 -> 2"),
         (["--hidden-size", "9"], "hidden_size 8 -> 9"),
         (["--embedding-size", "4"], "embedding_size 0 -> 4"),
@@ -381,14 +381,21 @@ def test_resume_refuses_what_would_change_the_run(corpus, tmp_path, two_steps, c
 # ---------------------------------------------------------------------- best/last across resume (9)
 
 
-def train_in_process(corpus: Path, out: Path, steps: int, resume: bool = False, **options):
+def train_in_process(
+    corpus: Path, out: Path, steps: int, resume: bool = False, stop_at: int | None = None, **options
+):
+    """Train `steps` steps; stop_at interrupts the run at an evaluation of that step instead (as
+    Ctrl-C would, the budget stays `steps`)."""
     model = {"cell": "lstm", "hidden_size": 8, "num_layers": 1, "dropout": 0.0, "nonlinearity": "tanh"}
     model.update({k: options.pop(k) for k in list(options) if k in model})
+    # warmdown 0: tests that cut a run into budgets (6 steps, then 10) must not anneal the first one
     training = {"seq_len": 8, "batch_size": 2, "eval_every": 2, "save_every": 2, "max_steps": steps}
-    training.update(options)
+    training.update({"warmdown": 0.0, **options})
     if resume:
         model, training = {}, {"max_steps": steps}
     trainer = prepare_run([corpus], {**model, "embedding_size": 0}, training, TextPolicy(), out, resume)
+    if stop_at is not None:
+        trainer.on_eval = lambda record: record["step"] >= stop_at
     return trainer.run(show_progress=False)
 
 
@@ -434,6 +441,18 @@ def test_resume_at_a_random_step_is_bitwise_exact(corpus, tmp_path, cell):
     for key in a.optimizer:
         assert a.optimizer[key].tobytes() == b.optimizer[key].tobytes(), (stop, key)
     assert a.progress["rng"] == b.progress["rng"] and a.progress["schedule"] == b.progress["schedule"]
+
+
+def test_an_interrupted_warmdown_run_resumes_exactly(corpus, tmp_path):
+    options = {"cell": "gru", "eval_every": 1, "save_every": 0, "warmdown": 0.5}
+    train_in_process(corpus, tmp_path / "straight", 10, **options)
+    stopped = train_in_process(corpus, tmp_path / "stopped", 10, stop_at=6, **options)
+    assert stopped.step == 6
+    train_in_process(corpus, tmp_path / "stopped", 10, resume=True)
+    a, b = (load_checkpoint(tmp_path / d / "last.npz") for d in ("straight", "stopped"))
+    assert a.train_config.warmdown == 0.5 and a.progress["step"] == b.progress["step"] == 10
+    for name in a.params:
+        assert a.params[name].tobytes() == b.params[name].tobytes(), name
 
 
 # ---------------------------------------------------------------------- huge learning rate (12)
