@@ -128,7 +128,10 @@ TRAIN_OPTIONS = (
     "--layers", "num_layers", type=click.IntRange(1, 16), default=ModelConfig.num_layers, show_default=True
 )
 @click.option(
-    "--dropout", type=FiniteFloat(0, 1, hi_open=True), default=ModelConfig.dropout, show_default=True
+    "--dropout",
+    type=FiniteFloat(0, 1, hi_open=True),
+    help="Default: 0.2 when the run's budget (--max-steps, --epochs, --max-time) allows 6 or more "
+    "passes over the text, else 0 (the start-up line says which and why).",
 )
 @click.option(
     "--embedding-size",

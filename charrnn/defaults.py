@@ -1,6 +1,12 @@
 """Training defaults that depend on the corpus, each chosen from measured runs (docs/RESULTS.md,
 "Defaults from evidence") and explained in the start-up line.
 
+Dropout: a run that sees its text only a few times is still learning it and dropout only slows
+it down; a run that goes over it many times overfits without it (tiny-shakespeare, GRU 2x256:
+3 epochs learn best without, 10 with 0.2). Whether a run will see many epochs depends on its
+budget: --max-steps and --epochs say it outright, --max-time through the speed of a few
+steps measured at start-up.
+
 The window length: truncated BPTT only learns what spans one window, so a model trained on
 50-character windows cannot learn where a line of 79 characters ends, and at a low
 temperature it loops on a run of spaces or `#` far past any line it saw. Text whose long lines
@@ -11,13 +17,18 @@ text, so a corpus of any size starts in the same time.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import numpy as np
 
+from .config import TrainConfig
 from .vocab import Vocab
 
 SHORT_WINDOW, LONG_WINDOW = 50, 100
 LONG_LINE = 64  # a 99th-percentile line longer than this no longer fits a short window
 SAMPLE_BLOCKS, BLOCK_CHARS = 32, 32_768
+MANY_EPOCHS, LONG_RUN_DROPOUT = 6.0, 0.2
 
 
 def long_line_length(ids: np.ndarray, newline: int | None, q: float = 99.0) -> int:
@@ -38,3 +49,22 @@ def window_length(ids: np.ndarray, vocab: Vocab) -> tuple[int, str]:
     if longest > LONG_LINE:
         return LONG_WINDOW, f"for this text: 1 line in 100 has {longest}+ chars"
     return SHORT_WINDOW, f"for this text: 99 lines in 100 have at most {longest} chars"
+
+
+def planned_epochs(tcfg: TrainConfig, train_chars: int, chars_per_second: Callable[[], float]) -> float:
+    """How many times the run's budget lets it go over its training text: the tightest of
+    --max-steps, --epochs and --max-time (timed by chars_per_second, called only when needed)."""
+    per_epoch = max(train_chars, 1)
+    bounds = [tcfg.epochs or math.inf]
+    if tcfg.max_steps:
+        bounds.append(tcfg.max_steps * tcfg.batch_size * tcfg.seq_len / per_epoch)
+    if tcfg.max_time and min(bounds) >= MANY_EPOCHS:
+        bounds.append(tcfg.max_time * chars_per_second() / per_epoch)
+    return min(bounds)
+
+
+def dropout_rate(epochs: float) -> tuple[float, str]:
+    """(dropout, why) for a new run whose budget covers `epochs` passes over its text."""
+    if epochs >= MANY_EPOCHS:
+        return LONG_RUN_DROPOUT, f"the budget allows about {epochs:.0f} epochs"
+    return 0.0, f"the budget allows about {epochs:.1f} epochs"

@@ -17,6 +17,7 @@ CLI exits 130 / 143. A non-finite loss or gradient stops the run before it touch
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -42,7 +43,7 @@ from .data import (
     sampled_eval_windows,
     split_train_val,
 )
-from .defaults import window_length
+from .defaults import dropout_rate, planned_epochs, window_length
 from .errors import CharRNNError, CheckpointError
 from .functional import bits_per_char
 from .model import CharRNN
@@ -191,6 +192,11 @@ class Trainer:
         self.model.params = to_device(self.model.params, xp)
         self.adam.m, self.adam.v = to_device(self.adam.m, xp), to_device(self.adam.v, xp)
         self.state = to_device(self.state, xp)
+
+    def set_dropout(self, rate: float, why: str) -> None:
+        """A new run's dropout, chosen after the model was made (defaults.dropout_rate)."""
+        self.model = self.runner = CharRNN(replace(self.model.config, dropout=rate), self.model.params)
+        self.chosen["dropout"] = why
 
     # ------------------------------------------------------------------ saving
 
@@ -530,14 +536,33 @@ def prepare_run(
         train_options = dict(train_options, seq_len=seq_len)
     tcfg = TrainConfig(**train_options)
     if init_from is not None:
-        model = ckpt.model()
+        trainer = Trainer(corpus, ckpt.model(), tcfg, out_dir, None)
     else:
-        if model_options.get("embedding_size") is None:
-            model_options = dict(model_options, embedding_size=default_embedding_size(len(corpus.vocab)))
-        model = CharRNN.create(ModelConfig(vocab_size=len(corpus.vocab), **model_options), seed=tcfg.seed)
-    trainer = Trainer(corpus, model, tcfg, out_dir, None)
-    trainer.chosen = chosen
+        model_options = {
+            "embedding_size": default_embedding_size(len(corpus.vocab)),
+            **{k: v for k, v in model_options.items() if v is not None},
+        }
+        cfg = ModelConfig(vocab_size=len(corpus.vocab), **model_options)
+        trainer = Trainer(corpus, CharRNN.create(cfg, seed=tcfg.seed), tcfg, out_dir, None)
+        if "dropout" not in model_options:
+            speed = functools.partial(training_speed, trainer.model, trainer.batches)
+            trainer.set_dropout(*dropout_rate(planned_epochs(tcfg, len(trainer.train_ids), speed)))
+    trainer.chosen.update(chosen)
     return trainer
+
+
+def training_speed(model: CharRNN, batches: Batches, steps: int = 3) -> float:
+    """Training chars/s of this model in one process, from its fastest of a few steps on the
+    first window after a warm-up step (the fastest: other work on the machine only slows a step
+    down). The weights are left as they are."""
+    x, y = batches.window(0)
+    model.loss_and_grads(x, y)
+    fastest = math.inf
+    for _ in range(steps):
+        start = time.perf_counter()
+        model.loss_and_grads(x, y)
+        fastest = min(fastest, time.perf_counter() - start)
+    return x.size / fastest
 
 
 def summary_line(trainer: Trainer) -> str:
@@ -546,7 +571,9 @@ def summary_line(trainer: Trainer) -> str:
     return (
         f"corpus {', '.join(c.names)}: {c.num_chars:,} chars ({len(trainer.train_ids):,} train, "
         f"{len(trainer.val_ids):,} validation), vocabulary {len(c.vocab)}; model {cfg.cell} "
-        f"{cfg.num_layers}x{cfg.hidden_size}, {m.num_params():,} parameters; batch {t.batch_size} x "
+        f"{cfg.num_layers}x{cfg.hidden_size}, {m.num_params():,} parameters, dropout {cfg.dropout:g}"
+        + (f" ({trainer.chosen['dropout']})" if "dropout" in trainer.chosen else "")
+        + f"; batch {t.batch_size} x "
         f"seq {t.seq_len}"
         + (f" ({trainer.chosen['seq_len']})" if "seq_len" in trainer.chosen else "")
         + f", {trainer.batches.windows_per_epoch:,} steps/epoch; validation every "

@@ -80,6 +80,15 @@ def test_the_window_length_follows_the_texts_lines_and_says_why(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "last.npz").train_config.seq_len == 100
 
 
+@pytest.mark.parametrize(("budget", "dropout"), [(["--max-steps", 1], 0.0), (["--epochs", 8], 0.2)])
+def test_dropout_follows_the_budget_and_says_why(corpus, tmp_path, budget, dropout):
+    common = ["--hidden-size", 8, "--batch-size", 4, "-q"]
+    result = run("train", corpus, "-o", tmp_path / "run", *common, *budget)
+    assert result.exit_code == 0, result.output
+    assert f"dropout {dropout:g} (the budget allows about" in result.stderr
+    assert load_checkpoint(tmp_path / "run" / "last.npz").model_config.dropout == dropout
+
+
 def sample(run_dir, *args) -> str:
     result = run("sample", "-c", run_dir, *args)
     assert result.exit_code == 0, result.output

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from charrnn.config import TrainConfig
 from charrnn.defaults import (
     BLOCK_CHARS,
+    LONG_RUN_DROPOUT,
     LONG_WINDOW,
+    MANY_EPOCHS,
     SAMPLE_BLOCKS,
     SHORT_WINDOW,
+    dropout_rate,
     long_line_length,
+    planned_epochs,
     window_length,
 )
 from charrnn.vocab import Vocab
@@ -57,3 +62,23 @@ def test_a_big_text_is_measured_on_a_fixed_sample_not_read_whole():
 
     assert long_line_length(Recorded(), vocab.index["\n"], q=100) == 99
     assert Recorded.read == SAMPLE_BLOCKS * BLOCK_CHARS
+
+
+def never_timed() -> float:
+    raise AssertionError("the speed was measured although the step or epoch budget decides")
+
+
+def test_the_tightest_budget_sets_the_planned_epochs():
+    chars = 1_000_000
+    assert planned_epochs(TrainConfig(epochs=20), chars, never_timed) == 20
+    assert planned_epochs(TrainConfig(max_steps=2000), chars, never_timed) == 2000 * 32 * 50 / chars
+    # a time budget is timed only when the others allow many epochs
+    assert planned_epochs(TrainConfig(max_steps=100, max_time=3600), chars, never_timed) < 1
+    assert planned_epochs(TrainConfig(max_time=180), chars, lambda: 20_000.0) == 180 * 20_000 / chars
+
+
+def test_dropout_only_for_runs_that_go_over_their_text_many_times():
+    assert dropout_rate(3.2)[0] == 0.0  # tiny-shakespeare in 3 minutes: dropout only slows learning
+    assert dropout_rate(9.6)[0] == LONG_RUN_DROPOUT  # 10 epochs overfit without it
+    assert dropout_rate(MANY_EPOCHS)[0] == LONG_RUN_DROPOUT
+    assert "about 10 epochs" in dropout_rate(9.6)[1]
