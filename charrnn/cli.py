@@ -324,6 +324,17 @@ def train(ctx, corpus, output, resume, init_from, encoding, errors, newline, unk
     default="",
     help="Stop a sample once it has written this string (\\n: newline).",
 )
+@click.option(
+    "--repeat-penalty",
+    type=FiniteFloat(1, 10),
+    default=SampleOptions.repeat_penalty,
+    show_default=True,
+    help="Make the characters of the last --repeat-window less likely, as llama.cpp's "
+    "--repeat-penalty does (1: off; 1.2 keeps a weak model out of endless runs of spaces).",
+)
+@click.option(
+    "--repeat-window", type=click.IntRange(1, 100_000), default=SampleOptions.repeat_window, show_default=True
+)
 @UNKNOWN
 @DEVICE
 def sample(
@@ -338,6 +349,8 @@ def sample(
     seed,
     num_samples,
     stop,
+    repeat_penalty,
+    repeat_window,
     unknown,
     device,
 ):
@@ -347,7 +360,17 @@ def sample(
     if prime_file is not None:
         prime = prime_file.read()
     opts = SampleOptions(
-        length, 0.0 if greedy else temperature, top_k, top_p, prime, seed, num_samples, stop, unknown
+        length,
+        0.0 if greedy else temperature,
+        top_k,
+        top_p,
+        prime,
+        seed,
+        num_samples,
+        stop,
+        unknown,
+        repeat_penalty,
+        repeat_window,
     )
     texts = [[] for _ in range(num_samples)]
     live = num_samples == 1

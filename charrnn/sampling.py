@@ -31,6 +31,9 @@ class SampleOptions:
     num_samples: int = 1
     stop: str = ""
     unknown: str = "error"
+    # llama.cpp's repeat_penalty over its last repeat_last_n tokens; 1: off
+    repeat_penalty: float = 1.0
+    repeat_window: int = 64
 
 
 def next_distribution(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
@@ -62,6 +65,35 @@ def choose(logits: np.ndarray, opts: SampleOptions, rng: np.random.Generator) ->
     cdf = np.cumsum(probs, axis=1)
     u = rng.random((len(cdf), 1)) * cdf[:, -1:]
     return np.minimum((cdf <= u).sum(axis=1), probs.shape[1] - 1)
+
+
+class RecentChars:
+    """Which characters each of n streams wrote among its last `window` (N, V) bool."""
+
+    def __init__(self, n: int, vocab_size: int, window: int, first: np.ndarray):
+        self.counts = np.zeros((n, vocab_size), dtype=np.int32)
+        self.ring = np.full((n, window), -1, dtype=np.int64)
+        self.pos = 0
+        for ids in first:
+            self.push(np.broadcast_to(ids, (n,)))
+
+    def push(self, ids: np.ndarray) -> None:
+        rows = np.arange(len(ids))
+        leaving = self.ring[:, self.pos]
+        np.subtract.at(self.counts, (rows[leaving >= 0], leaving[leaving >= 0]), 1)
+        self.counts[rows, ids] += 1
+        self.ring[:, self.pos] = ids
+        self.pos = (self.pos + 1) % self.ring.shape[1]
+
+    def seen(self) -> np.ndarray:
+        return self.counts > 0
+
+
+def penalize_repeats(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+    """llama.cpp's and Hugging Face's repetition penalty: the logit of each character in the
+    recent window moves toward less likely (divided by penalty when positive, multiplied when
+    negative). logits, seen (N, V) -> new logits (N, V)."""
+    return np.where(seen, np.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
 def prime_state(model: CharRNN, vocab: Vocab, prime: str, n: int, unknown: str, rng: np.random.Generator):
@@ -99,6 +131,10 @@ def generate(model: CharRNN, vocab: Vocab, opts: SampleOptions) -> Iterator[list
         yield [used] * n
     tails = [""] * n
     done = np.zeros(n, dtype=bool)
+    recent = None
+    if opts.repeat_penalty != 1.0:
+        written = vocab.encode(used, unknown="skip")[0][-opts.repeat_window :] if used else [ids]
+        recent = RecentChars(n, len(vocab), opts.repeat_window, written)
     for _ in range(opts.length):
         with np.errstate(over="ignore", invalid="ignore"):
             logits, state = model.step(ids, state)
@@ -108,7 +144,11 @@ def generate(model: CharRNN, vocab: Vocab, opts: SampleOptions) -> Iterator[list
                 "the model's outputs overflow (its weights are too large for floating-point "
                 "arithmetic), so the checkpoint cannot generate text"
             )
+        if recent is not None:
+            logits = penalize_repeats(logits, recent.seen(), opts.repeat_penalty)
         ids = choose(logits, opts, rng)
+        if recent is not None:
+            recent.push(ids)
         pieces = []
         for k, i in enumerate(ids.tolist()):
             if done[k]:

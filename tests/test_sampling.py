@@ -6,7 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from charrnn.sampling import SampleOptions, choose, next_distribution
+from charrnn.sampling import (
+    RecentChars,
+    SampleOptions,
+    choose,
+    generate,
+    next_distribution,
+    penalize_repeats,
+)
+from charrnn.vocab import Vocab
 
 LOGITS = np.array([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]], dtype=np.float32)
 DRAWS = 40_000
@@ -48,3 +56,36 @@ def test_draws_follow_the_distribution(opts, expected):
 
 def test_greedy_takes_the_largest():
     assert choose(np.array([[0.1, 3.0, 2.9]]), SampleOptions(temperature=0), np.random.default_rng(0)) == [1]
+
+
+def test_the_repeat_penalty_moves_recent_characters_toward_unlikely():
+    logits = np.array([[2.0, -1.0, 3.0, -2.0]])
+    seen = np.array([[True, True, False, False]])
+    np.testing.assert_array_equal(penalize_repeats(logits, seen, 2.0), [[1.0, -2.0, 3.0, -2.0]])
+
+
+def test_recent_characters_slide_with_the_window():
+    recent = RecentChars(2, 5, window=3, first=[np.array([0, 1])])
+    for ids in ([2, 2], [3, 2], [4, 2]):
+        recent.push(np.array(ids))
+    # stream 0 wrote 0 2 3 4 (0 has left its last 3); stream 1 wrote 1 2 2 2
+    np.testing.assert_array_equal(recent.seen(), [[0, 0, 1, 1, 1], [0, 0, 1, 0, 0]])
+
+
+class Stuck:
+    """A model that always prefers 'a', then 'b' a little less, whatever it read."""
+
+    def step(self, ids, state=None):
+        return np.tile(np.array([[0.0, 5.0, 4.0]]), (len(ids), 1)), state  # newline, a, b
+
+
+def test_a_repeat_penalty_breaks_a_loop_and_is_off_at_one():
+    vocab = Vocab.from_text("ab\n")
+    greedy = {"length": 6, "temperature": 0.0}
+
+    def text(**options):
+        return "".join(p[0] for p in generate(Stuck(), vocab, SampleOptions(**greedy, **options)))
+
+    assert text() == text(repeat_penalty=1.0) == "aaaaaa"
+    # 'a' falls to 5 / 2 = 2.5 < 4 once written; with a window of 1 it comes back after one 'b'
+    assert text(repeat_penalty=2.0, repeat_window=1) == "ababab"
