@@ -29,17 +29,20 @@ def longest_run(text: str) -> tuple[int, str]:
     return max(((len(m[0]), m[0][0]) for m in RUN.finditer(text)), default=(0, ""))
 
 
-def corpus_rate(path: str, length: int, limit: int) -> float:
-    """The fraction of length-char windows of the text that hold a run of limit or more."""
+def corpus_runs(path: str, length: int, limit: int) -> tuple[float, int]:
+    """(the fraction of length-char windows of the text that hold a run of limit or more,
+    the longest run in the text)."""
     text = Path(path).read_text(encoding="utf-8")
     hits = np.zeros(len(text) + 1, dtype=np.int32)
+    longest = 0
     for m in RUN.finditer(text):
+        longest = max(longest, len(m[0]))
         if len(m[0]) >= limit:
             # a window [s, s + length) holds the run when it starts in [end - length, start]
             hits[max(0, m.end() - length)] += 1
             hits[m.start() + 1] -= 1
     windows = max(len(text) - length + 1, 1)
-    return float((np.cumsum(hits)[:windows] > 0).mean())
+    return float((np.cumsum(hits)[:windows] > 0).mean()), longest
 
 
 def main() -> int:
@@ -62,8 +65,10 @@ def main() -> int:
     print(f"{stuck} of {args.seeds} samples hold a run of {args.limit}+ identical characters")
     print("longest run per seed: " + " ".join(f"{n}{c!r}" for n, c in longest))
     if args.corpus:
-        rate = corpus_rate(args.corpus, args.length, args.limit)
+        rate, most = corpus_runs(args.corpus, args.length, args.limit)
         print(f"the corpus holds one in {rate:.1%} of its {args.length}-char windows")
+        beyond = sum(n > most for n, _ in longest)
+        print(f"{beyond} of {args.seeds} samples hold a run longer than any in the corpus ({most})")
     return 0
 
 
