@@ -360,17 +360,17 @@ def sample(
     if prime_file is not None:
         prime = prime_file.read()
     opts = SampleOptions(
-        length,
-        0.0 if greedy else temperature,
-        top_k,
-        top_p,
-        prime,
-        seed,
-        num_samples,
-        stop,
-        unknown,
-        repeat_penalty,
-        repeat_window,
+        length=length,
+        temperature=0.0 if greedy else temperature,
+        top_k=top_k,
+        top_p=top_p,
+        prime=prime,
+        seed=seed,
+        num_samples=num_samples,
+        stop=stop,
+        unknown=unknown,
+        repeat_penalty=repeat_penalty,
+        repeat_window=repeat_window,
     )
     texts = [[] for _ in range(num_samples)]
     live = num_samples == 1

@@ -71,22 +71,23 @@ class RecentChars:
     """Which characters each of n streams wrote among its last `window` (N, V) bool."""
 
     def __init__(self, n: int, vocab_size: int, window: int, first: np.ndarray):
-        self.counts = np.zeros((n, vocab_size), dtype=np.int32)
-        self.ring = np.full((n, window), -1, dtype=np.int64)
-        self.pos = 0
+        # column vocab_size counts the empty slots of a window not yet filled, so every push
+        # takes one character out of each row without a test
+        self.counts = np.zeros((n, vocab_size + 1), dtype=np.int32)
+        self.counts[:, vocab_size] = window
+        self.ring = np.full((n, window), vocab_size, dtype=np.int64)
+        self.rows, self.pos = np.arange(n), 0
         for ids in first:
             self.push(np.broadcast_to(ids, (n,)))
 
     def push(self, ids: np.ndarray) -> None:
-        rows = np.arange(len(ids))
-        leaving = self.ring[:, self.pos]
-        np.subtract.at(self.counts, (rows[leaving >= 0], leaving[leaving >= 0]), 1)
-        self.counts[rows, ids] += 1
+        self.counts[self.rows, self.ring[:, self.pos]] -= 1
+        self.counts[self.rows, ids] += 1
         self.ring[:, self.pos] = ids
         self.pos = (self.pos + 1) % self.ring.shape[1]
 
     def seen(self) -> np.ndarray:
-        return self.counts > 0
+        return self.counts[:, :-1] > 0
 
 
 def penalize_repeats(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
