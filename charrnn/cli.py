@@ -206,7 +206,12 @@ TRAIN_OPTIONS = (
     help="Global gradient norm limit (0: off).",
 )
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=TrainConfig.seed, show_default=True)
-@click.option("--epochs", type=FiniteFloat(0, 1e6), default=TrainConfig.epochs, show_default=True)
+@click.option(
+    "--epochs",
+    type=FiniteFloat(0, 1e6),
+    help=f"Stop after this many passes over the training text (0: no limit). Default: "
+    f"{TrainConfig.epochs:g}, or no limit when --max-steps or --max-time is given.",
+)
 @click.option(
     "--max-steps",
     type=click.IntRange(0),

@@ -7,6 +7,10 @@ it down; a run that goes over it many times overfits without it (tiny-shakespear
 budget: --max-steps and --epochs say it outright, --max-time through the speed of a few
 steps measured at start-up.
 
+The epoch bound: a run given no budget stops after 20 passes over its text (early stopping
+usually ends it sooner); a run given --max-time or --max-steps is bounded by that alone, so
+`--max-time 20m` trains for 20 minutes even on a text it goes over 20 times sooner.
+
 The window length: truncated BPTT only learns what spans one window, so a model trained on
 50-character windows cannot learn where a line of 79 characters ends, and at a low
 temperature it loops on a run of spaces or `#` far past any line it saw. Text whose long lines
@@ -49,6 +53,14 @@ def window_length(ids: np.ndarray, vocab: Vocab) -> tuple[int, str]:
     if longest > LONG_LINE:
         return LONG_WINDOW, f"for this text: 1 line in 100 has {longest}+ chars"
     return SHORT_WINDOW, f"for this text: 99 lines in 100 have at most {longest} chars"
+
+
+def epoch_bound(tcfg_options: dict) -> float:
+    """--epochs for a run whose options leave it unset (None): none when --max-steps or
+    --max-time bounds the run, else TrainConfig's."""
+    if tcfg_options.get("max_steps") or tcfg_options.get("max_time"):
+        return 0.0
+    return TrainConfig.epochs
 
 
 def planned_epochs(tcfg: TrainConfig, train_chars: int, chars_per_second: Callable[[], float]) -> float:

@@ -43,7 +43,7 @@ from .data import (
     sampled_eval_windows,
     split_train_val,
 )
-from .defaults import dropout_rate, planned_epochs, window_length
+from .defaults import dropout_rate, epoch_bound, planned_epochs, window_length
 from .errors import CharRNNError, CheckpointError
 from .functional import bits_per_char
 from .model import CharRNN
@@ -534,6 +534,8 @@ def prepare_run(
     if train_options.get("seq_len") is None:
         seq_len, chosen["seq_len"] = window_length(corpus.ids, corpus.vocab)
         train_options = dict(train_options, seq_len=seq_len)
+    if train_options.get("epochs") is None:
+        train_options = dict(train_options, epochs=epoch_bound(train_options))
     tcfg = TrainConfig(**train_options)
     if init_from is not None:
         trainer = Trainer(corpus, ckpt.model(), tcfg, out_dir, None)

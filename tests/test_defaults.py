@@ -13,6 +13,7 @@ from charrnn.defaults import (
     SAMPLE_BLOCKS,
     SHORT_WINDOW,
     dropout_rate,
+    epoch_bound,
     long_line_length,
     planned_epochs,
     window_length,
@@ -82,3 +83,9 @@ def test_dropout_only_for_runs_that_go_over_their_text_many_times():
     assert dropout_rate(9.6)[0] == LONG_RUN_DROPOUT  # 10 epochs overfit without it
     assert dropout_rate(MANY_EPOCHS)[0] == LONG_RUN_DROPOUT
     assert "about 10 epochs" in dropout_rate(9.6)[1]
+
+
+def test_a_time_or_step_budget_lifts_the_epoch_bound():
+    assert epoch_bound({}) == TrainConfig.epochs
+    assert epoch_bound({"max_time": 1200.0}) == 0  # `--max-time 20m` trains for 20 minutes
+    assert epoch_bound({"max_steps": 5000, "max_time": 0.0}) == 0
