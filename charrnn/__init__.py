@@ -1,28 +1,74 @@
 """charrnn: character-level RNN / LSTM / GRU language models in NumPy.
 
-from charrnn import CharRNN, ModelConfig
-model = CharRNN.create(ModelConfig(vocab_size=65, cell="lstm", hidden_size=256, num_layers=2))
-loss, grads, state = model.loss_and_grads(x, y, state)      # x, y: (N, T) int ids
-logits, state = model.step(ids, state)                       # one character per stream
+The Python API (charrnn/api.py, the README's "Python API"):
+
+    import charrnn
+    model = charrnn.load("checkpoints/demo")             # a .npz or a run directory
+    print(model.generate("def ", length=200, seed=1))
+    print(model.score("import os\\n").bits_per_char)
+    charrnn.train("corpus.txt", "checkpoints/run", max_time=60)
+
+The building blocks:
+
+    from charrnn import CharRNN, ModelConfig
+    model = CharRNN.create(ModelConfig(vocab_size=65, cell="lstm", hidden_size=256, num_layers=2))
+    loss, grads, state = model.loss_and_grads(x, y, state)      # x, y: (N, T) int ids
+    logits, state = model.step(ids, state)                       # one character per stream
+
+Names are imported on first use (PEP 562), so `import charrnn` loads neither NumPy nor the
+model code. `charrnn.train` is the training function; the module of the same name stays
+importable as `from charrnn.train import Trainer`.
 """
 
-from . import mpienv  # noqa: F401 (first: under an MPI launcher it sets BLAS threads before NumPy loads)
-from .config import ModelConfig, TrainConfig
-from .errors import CharRNNError, CheckpointError
-from .model import CharRNN, param_shapes
-from .optim import Adam, LRSchedule, clip_grad_norm
-from .vocab import Vocab
+import importlib
+import sys
+import types
 
-__all__ = [
-    "Adam",
-    "CharRNN",
-    "CharRNNError",
-    "CheckpointError",
-    "LRSchedule",
-    "ModelConfig",
-    "TrainConfig",
-    "Vocab",
-    "clip_grad_norm",
-    "param_shapes",
-]
+from . import mpienv  # noqa: F401 (first: under an MPI launcher it sets BLAS threads before NumPy loads)
+
+_EXPORTS = {
+    "load": "api",
+    "Model": "api",
+    "train": "api",
+    "RunResult": "train",
+    "Score": "scoring",
+    "SampleOptions": "sampling",
+    "Adam": "optim",
+    "LRSchedule": "optim",
+    "clip_grad_norm": "optim",
+    "CharRNN": "model",
+    "param_shapes": "model",
+    "ModelConfig": "config",
+    "TrainConfig": "config",
+    "CharRNNError": "errors",
+    "CheckpointError": "errors",
+    "Vocab": "vocab",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """The package, whose exported names win over its submodules of the same name: the import
+    system binds every submodule it loads on its package (`charrnn.train = <module>`), which
+    would replace the train() function once anything imported charrnn.train."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -16,25 +16,16 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from . import distributed
-from .backend import DEVICES, resolve_device
-from .checkpoint import latest_checkpoint, load_checkpoint
+from . import api, distributed
+from .backend import DEVICES
+from .checkpoint import latest_checkpoint
 from .clitypes import CorpusPath, Duration, EscapedText, FiniteFloat
 from .config import CELLS, NONLINEARITIES, ModelConfig, TrainConfig
 from .data import expand_paths
 from .defaults import LONG_LINE, LONG_WINDOW, SHORT_WINDOW
 from .errors import CharRNNError
-from .sampling import SampleOptions, generate
-from .scoring import (
-    render_surprisal,
-    score_file,
-    score_lines,
-    surprisal_legend,
-    surprisal_score,
-    text_surprisal,
-)
-from .text import TextPolicy, read_text
-from .train import summary_line
+from .sampling import SampleOptions
+from .scoring import render_surprisal, surprisal_legend, surprisal_score
 from .vocab import UNKNOWN_POLICIES
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
@@ -95,6 +86,7 @@ def main() -> None:
 
 
 def resolve_checkpoint(path: Path | None) -> Path:
+    """-c's value, or the newest best.npz under checkpoints/ (said on stderr)."""
     if path is None:
         path = latest_checkpoint(Path("checkpoints"))
         if path is None:
@@ -102,20 +94,16 @@ def resolve_checkpoint(path: Path | None) -> Path:
                 "no checkpoint under checkpoints/: train one with `charrnn train FILE` or pass -c"
             )
         click.echo(f"using {path}", err=True)
-    return path / "best.npz" if path.is_dir() else path
+    return path
+
+
+def load_model(path: Path | None, device: str = "cpu") -> api.Model:
+    return api.load(resolve_checkpoint(path), device)
 
 
 def given(ctx: click.Context, names) -> dict:
     """The options among `names` that the user typed (the rest keep a checkpoint's values)."""
     return {n: ctx.params[n] for n in names if ctx.get_parameter_source(n) != ParameterSource.DEFAULT}
-
-
-MODEL_OPTIONS = ("cell", "hidden_size", "num_layers", "dropout", "embedding_size", "peephole", "nonlinearity")
-TRAIN_OPTIONS = (
-    "seq_len", "batch_size", "lr", "lr_decay", "lr_decay_every", "plateau_factor", "plateau_patience",
-    "warmdown", "grad_clip", "val_frac", "seed", "epochs", "max_steps", "max_time", "patience", "eval_every",
-    "eval_chars", "save_every", "workers",
-)  # fmt: skip
 
 
 @main.command()
@@ -268,39 +256,22 @@ TRAIN_OPTIONS = (
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @DEVICE
 @click.pass_context
-def train(ctx, corpus, output, resume, init_from, encoding, errors, newline, unknown, quiet, device, **_):
+def train(ctx, corpus, output, resume, init_from, unknown, quiet, device, **_):
     """Train a model on text files, directories of them or quoted glob patterns (e.g. 'books/*.txt'),
     joined in order; a newline is added after a file that does not end with one."""
     if resume and init_from:
         raise click.UsageError("--resume and --init-from exclude each other")
-    xp = resolve_device(device)
-    p = ctx.params
-    fresh = not (resume or init_from)
-    model_options = {n: p[n] for n in MODEL_OPTIONS} if fresh else given(ctx, MODEL_OPTIONS)
-    train_options = {n: p[n] for n in TRAIN_OPTIONS} if fresh else given(ctx, TRAIN_OPTIONS)
-    trainer = distributed.prepare_job(
-        expand_paths(corpus),
-        model_options,
-        train_options,
-        TextPolicy(encoding, errors, newline),
+    # only the options typed: the rest take the defaults, or on --resume the checkpoint's values
+    options = given(ctx, api.MODEL_OPTIONS + api.TRAIN_OPTIONS + api.POLICY_OPTIONS)
+    result = api.train(
+        corpus,
         output,
-        resume,
-        init_from,
-        unknown,
-        given(ctx, ("encoding", "errors", "newline")),
+        resume=resume,
+        init_from=init_from,
+        unknown=unknown,
+        device=device,
         show_progress=False if quiet else None,
-    )
-    trainer.to_device(xp)
-    click.echo(summary_line(trainer), err=True)
-    result = trainer.run(show_progress=False if quiet else None)
-    best = (
-        f"best loss {result.best_val:.4f} at step {result.best_step} (on {trainer.eval_coverage()})"
-        if result.best_step
-        else "no evaluation yet"
-    )
-    click.echo(
-        f"stopped after step {result.step} ({result.reason}); {best}; checkpoints in {result.out_dir}",
-        err=True,
+        **options,
     )
     if result.signal:
         ctx.exit(128 + result.signal)
@@ -308,9 +279,16 @@ def train(ctx, corpus, output, resume, init_from, encoding, errors, newline, unk
 
 @main.command()
 @CHECKPOINT
-@click.option("-n", "--length", type=click.IntRange(0, 10_000_000), default=1000, show_default=True)
 @click.option(
-    "-t", "--temperature", type=FiniteFloat(0, 100), default=0.8, show_default=True, help="0: greedy."
+    "-n", "--length", type=click.IntRange(0, 10_000_000), default=SampleOptions.length, show_default=True
+)
+@click.option(
+    "-t",
+    "--temperature",
+    type=FiniteFloat(0, 100),
+    default=SampleOptions.temperature,
+    show_default=True,
+    help="0: greedy.",
 )
 @click.option("--greedy", is_flag=True, help="Always take the most likely character (same as -t 0).")
 @click.option(
@@ -319,7 +297,9 @@ def train(ctx, corpus, output, resume, init_from, encoding, errors, newline, unk
 @click.option("--top-p", type=FiniteFloat(0, 1, lo_open=True), default=1.0, help="Nucleus sampling mass.")
 @click.option("-p", "--prime", default="", help="Text to start from (printed first).")
 @click.option(
-    "--prime-file", type=click.File("r", encoding="utf-8"), help="Read the prime from a file (- for stdin)."
+    "--prime-file",
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+    help="Read the prime from a file (- for stdin), in the checkpoint's encoding.",
 )
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), help="Same seed, same text.")
 @click.option("--num-samples", type=click.IntRange(1, 1024), default=1, show_default=True)
@@ -360,62 +340,58 @@ def sample(
     device,
 ):
     """Write new text in the style of the training corpus (streams to stdout)."""
-    xp = resolve_device(device)
-    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+    model = load_model(checkpoint, device)
     if prime_file is not None:
-        prime = prime_file.read()
-    opts = SampleOptions(
+        prime = read_stdin() if str(prime_file) == "-" else model.read_file(prime_file)
+    options = dict(
         length=length,
         temperature=0.0 if greedy else temperature,
         top_k=top_k,
         top_p=top_p,
-        prime=prime,
         seed=seed,
-        num_samples=num_samples,
         stop=stop,
-        unknown=unknown,
         repeat_penalty=repeat_penalty,
         repeat_window=repeat_window,
+        unknown=unknown,
     )
-    texts = [[] for _ in range(num_samples)]
-    live = num_samples == 1
-    for pieces in generate(ckpt.model().to(xp), ckpt.vocab, opts):
-        if live:
-            sys.stdout.write(pieces[0])
+    if num_samples == 1:
+        for piece in model.stream(prime, **options):
+            sys.stdout.write(piece)
             sys.stdout.flush()
-        else:
-            for text, piece in zip(texts, pieces):
-                text.append(piece)
-    sys.stdout.write("\n" if live else "\n\n".join("".join(t) for t in texts) + "\n")
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write("\n\n".join(model.generate_many(num_samples, prime, **options)) + "\n")
 
 
-def _scores(checkpoint, files, exact, streams, unknown, workers, xp):
-    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
-    model = ckpt.model().to(xp)
-    streams = 1 if exact else streams
-    return [score_file(model, ckpt.vocab, ckpt.text_policy, f, streams, unknown, workers) for f in files]
+def read_stdin() -> str:
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as e:
+        raise CharRNNError(f"standard input is not {e.encoding}: {e.reason} at byte {e.start}") from None
 
 
-def _show_surprisal(checkpoint, files, unknown, xp, html_file: Path | None) -> None:
+def _scores(model: api.Model, files, exact, streams, unknown, workers):
+    return [model.score_file(f, exact, streams, unknown, workers, show_progress=None) for f in files]
+
+
+def _show_surprisal(model: api.Model, files, unknown, html_file: Path | None) -> None:
     """Each file coloured by surprisal: on stdout, or as one HTML page written to html_file."""
-    path = resolve_checkpoint(checkpoint)
-    ckpt = load_checkpoint(path)
-    model = ckpt.model().to(xp)
     views = []
     for f in files:
-        text = read_text(f, ckpt.text_policy)
-        nats, known = text_surprisal(model, ckpt.vocab, text, unknown)
+        text = model.read_file(f)
+        nats = model.surprisal(text, unknown)
         if html_file is None:
             # colour is the whole point of this view, so it stays on when piped (e.g. into less -R)
             click.echo(render_surprisal(text, nats), color=True)
         else:
+            known = model.known(text)
             views.append((surprisal_score(str(f), nats, known), text, nats, known))
     if html_file is None:
         click.echo(surprisal_legend(), err=True, color=True)
         return
     from .surprisal_html import surprisal_page
 
-    html_file.write_text(surprisal_page(views, str(path)), encoding="utf-8")
+    html_file.write_text(surprisal_page(views, str(model.path)), encoding="utf-8")
     click.echo(f"wrote {html_file}", err=True)
 
 
@@ -450,16 +426,14 @@ def score(
     files, checkpoint, as_json, per_line, show_surprisal, html_file, exact, streams, unknown, workers, device
 ):
     """How well the model predicts each file: nats/char, bits/char, perplexity."""
-    xp = resolve_device(device)
+    model = load_model(checkpoint, device)
     if show_surprisal or html_file:
-        _show_surprisal(checkpoint, files, unknown, xp, html_file)
+        _show_surprisal(model, files, unknown, html_file)
         return
     if per_line:
-        ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
-        model = ckpt.model().to(xp)
-        results = [s for f in files for s in score_lines(model, ckpt.vocab, ckpt.text_policy, f, unknown)]
+        results = [s for f in files for s in model.score_lines(model.read_file(f), unknown, name=str(f))]
     else:
-        results = _scores(checkpoint, files, exact, streams, unknown, workers, xp)
+        results = _scores(model, files, exact, streams, unknown, workers)
     if as_json:
         for r in results:
             click.echo(json.dumps(r.to_dict()))
@@ -486,7 +460,7 @@ def score(
 @DEVICE
 def perplexity(files, checkpoint, as_json, exact, streams, unknown, workers, device):
     """Print only the perplexity of each file, one per line."""
-    for r in _scores(checkpoint, files, exact, streams, unknown, workers, resolve_device(device)):
+    for r in _scores(load_model(checkpoint, device), files, exact, streams, unknown, workers):
         d = r.to_dict()
         click.echo(
             json.dumps({"file": r.name, "perplexity": d["perplexity"]})
@@ -597,8 +571,7 @@ def plot(runs, output):
 @click.option("--json", "as_json", is_flag=True)
 def info(checkpoint, as_json):
     """Describe a checkpoint: model, vocabulary, training progress, format."""
-    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
-    desc = ckpt.describe()
+    desc = load_model(checkpoint).info()
     if as_json:
         click.echo(json.dumps(desc, indent=2))
         return

@@ -28,7 +28,7 @@ from .functional import bits_per_char, perplexity
 from .model import CharRNN
 from .parallel import parallel_or_model, resolve_workers
 from .progress import reading_bar, scoring_bar
-from .text import TextPolicy, read_text
+from .text import TextPolicy
 from .vocab import Vocab, to_codepoints
 
 # logits of one window are (streams * T, V); this caps that array (float32 elements)
@@ -49,13 +49,26 @@ class Score:
     def nats_per_char(self) -> float:
         return self.nats / self.chars
 
+    @property
+    def bits_per_char(self) -> float:
+        return bits_per_char(self.nats_per_char)
+
+    @property
+    def perplexity(self) -> float:
+        return perplexity(self.nats_per_char)
+
+    @property
+    def exact(self) -> bool:
+        return self.streams == 1
+
     def to_dict(self) -> dict:
+        """The figures under the names `charrnn score --json` prints."""
         d = asdict(self)
         d.update(
             nats_per_char=self.nats_per_char,
-            bits_per_char=bits_per_char(self.nats_per_char),
-            perplexity=perplexity(self.nats_per_char),
-            exact=self.streams == 1,
+            bits_per_char=self.bits_per_char,
+            perplexity=self.perplexity,
+            exact=self.exact,
         )
         return d
 
@@ -158,10 +171,40 @@ def score_file(
 ) -> Score:
     with reading_bar([path], show=show_progress) as bar:
         corpus = load_corpus([path], policy, vocab=vocab, unknown=unknown, on_read=bar.update)
-    nats, chars, used = score_ids(model, corpus.ids, streams, warmup, workers, str(path), show_progress)
+    return _score_encoded(
+        model, str(path), corpus.ids, corpus.skipped, streams, workers, warmup, show_progress
+    )
+
+
+def score_text(
+    model: CharRNN,
+    vocab: Vocab,
+    text: str,
+    name: str = "text",
+    streams: int = 64,
+    unknown: str = "error",
+    workers: int = 0,
+    warmup: int = 200,
+) -> Score:
+    """score_file for a string in memory, scored as given (no newline policy applied)."""
+    ids, skipped = vocab.encode(text, unknown=unknown)
+    return _score_encoded(model, name, ids, skipped, streams, workers, warmup, show_progress=False)
+
+
+def _score_encoded(
+    model: CharRNN,
+    name: str,
+    ids: np.ndarray,
+    skipped: int,
+    streams: int,
+    workers: int,
+    warmup: int,
+    show_progress: bool | None,
+) -> Score:
+    nats, chars, used = score_ids(model, ids, streams, warmup, workers, name, show_progress)
     if chars == 0:
-        raise _nothing_to_score(path, corpus.num_chars)
-    return _checked(Score(str(path), chars, nats, corpus.skipped, used))
+        raise _nothing_to_score(name, len(ids))
+    return _checked(Score(name, chars, nats, skipped, used))
 
 
 def _nothing_to_score(name, known: int) -> CharRNNError:
@@ -187,13 +230,14 @@ def _checked(score: Score) -> Score:
 
 
 def score_lines(
-    model: CharRNN, vocab: Vocab, policy: TextPolicy, path: Path, unknown: str = "error"
+    model: CharRNN, vocab: Vocab, text: str, name: str = "text", unknown: str = "error"
 ) -> list[Score]:
-    """Score each line on its own, as a sentence: read after a newline, ending with one (when the
-    vocabulary has newlines), from zero state. Empty lines are skipped."""
+    """Score each line of text on its own, as a sentence: read after a newline, ending with one
+    (when the vocabulary has newlines), from zero state. Empty lines are skipped; each Score is
+    named name:line-number."""
     newline = vocab.index.get("\n")
     scores = []
-    for number, line in enumerate(read_text(path, policy).split("\n"), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line:
             continue
         ids, skipped = vocab.encode(line, unknown=unknown)
@@ -202,9 +246,9 @@ def score_lines(
         if len(ids) < 2:
             continue
         nats, chars, _ = score_ids(model, ids, streams=1)
-        scores.append(_checked(Score(f"{path}:{number}", chars, nats, skipped)))
+        scores.append(_checked(Score(f"{name}:{number}", chars, nats, skipped)))
     if not scores:
-        raise CharRNNError(f"nothing to score in {path}: no line has a character the model can predict")
+        raise CharRNNError(f"nothing to score in {name}: no line has a character the model can predict")
     return scores
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -30,7 +31,6 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn import train as train_module
 from charrnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from charrnn.cli import main
 from charrnn.config import ModelConfig
@@ -39,6 +39,9 @@ from charrnn.model import CharRNN
 from charrnn.text import TextPolicy, read_text
 from charrnn.train import prepare_run
 from charrnn.vocab import Vocab
+
+# the module: `charrnn.train` itself is the training function of the Python API
+train_module = importlib.import_module("charrnn.train")
 
 TINY = ["--hidden-size", "8", "--layers", "1", "--seq-len", "8", "--batch-size", "2", "-q"]
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "ran", "far", "away"]
