@@ -26,8 +26,10 @@ Arrays are time-major, (T, N, .), so every step reads and writes one contiguous 
 output (dstate may be None: truncated BPTT sends nothing back from the next window) and
 consumes its cache: activation buffers are overwritten with gate gradients, as in torch-rnn,
 so the cache costs G + 2H floats per position and position-wise backward allocates nothing.
-`*_step(xw, state, ...) -> (h, state)` runs one step through the same activation code as the
-forward loop, so sampling equals training bit for bit.
+`*_step(xw, state, ...) -> (h, state)` runs one step through the same activation code and the
+same recurrent product (matmul_rows) as the forward loop, so sampling equals training bit for bit.
+`keep=False` runs a forward that will have no backward (scoring, priming a sample): its gate and
+cell buffers are one step deep and reused, so they stay in cache, and the cache returned is None.
 States are tuples: (h,) for RNN and GRU, (h, c) for LSTM.
 Each kernel takes its array functions from its inputs (backend.array_module): NumPy arrays run
 on the CPU, CuPy arrays on the GPU, through the same lines.
@@ -46,6 +48,23 @@ LSTM_GATES = ("i", "f", "o", "g")
 GRU_GATES = ("r", "z", "n")
 GATES = {"rnn": 1, "lstm": len(LSTM_GATES), "gru": len(GRU_GATES)}
 
+# up to this many rows, a recurrent product runs as one matrix-vector product per row
+MATVEC_ROWS = 4
+
+
+def matmul_rows(h, W, out):
+    """out = h @ W for h (N, K), W (K, G). OpenBLAS's gemm on 2-4 rows costs about as much as on
+    64 (it packs all of W each call): 2 rows of a 256 x 1024 product take 75 us as one gemm and
+    37 us as two matrix-vector products (docs/BENCHMARKS.md). One row is a gemv either way. A
+    GPU takes the one product."""
+    xp = array_module(h)
+    if xp is np and 1 < len(h) <= MATVEC_ROWS:
+        for r in range(len(h)):
+            xp.matmul(h[r], W, out=out[r])
+    else:
+        xp.matmul(h, W, out=out)
+    return out
+
 
 # ---------------------------------------------------------------- vanilla RNN
 
@@ -58,17 +77,18 @@ def _rnn_activate(a: np.ndarray, relu: bool) -> None:
         xp.tanh(a, out=a)
 
 
-def rnn_forward(xw, state, Wh, relu=False):
-    """xw (T, N, H), state (h0 (N, H),), Wh (H, H) -> hs (T, N, H), (hT,), cache."""
+def rnn_forward(xw, state, Wh, relu=False, keep=True):
+    """xw (T, N, H), state (h0 (N, H),), Wh (H, H) -> hs (T, N, H), (hT,), cache (None unless
+    keep)."""
     xp = array_module(xw)
     T, N, H = xw.shape
-    hbuf = xp.empty((T + 1, N, H), dtype=xw.dtype)
+    hbuf = xp.empty((T + 1, N, H), dtype=xw.dtype)  # the outputs are all the cache there is
     hbuf[0] = state[0]
     for t in range(T):
-        xp.matmul(hbuf[t], Wh, out=hbuf[t + 1])
+        matmul_rows(hbuf[t], Wh, hbuf[t + 1])
         hbuf[t + 1] += xw[t]
         _rnn_activate(hbuf[t + 1], relu)
-    return hbuf[1:], (hbuf[T].copy(),), (hbuf, Wh, relu)
+    return hbuf[1:], (hbuf[T].copy(),), (hbuf, Wh, relu) if keep else None
 
 
 def rnn_backward(dhs, dstate, cache):
@@ -94,7 +114,8 @@ def rnn_backward(dhs, dstate, cache):
 
 def rnn_step(xw, state, Wh, relu=False):
     """xw (N, H), state (h (N, H),) -> h (N, H), (h,)."""
-    a = state[0] @ Wh
+    h = state[0]
+    a = matmul_rows(h, Wh, array_module(h).empty((len(h), Wh.shape[1]), h.dtype))
     a += xw
     _rnn_activate(a, relu)
     return a, (a,)
@@ -144,24 +165,30 @@ def _lstm_activate(a, c_prev, peep, c_out, tanh_c_out, h_out, tmp):
     xp.multiply(o, tanh_c_out, out=h_out)
 
 
-def lstm_forward(xw, state, Wh, peep=None):
+def lstm_forward(xw, state, Wh, peep=None, keep=True):
     """xw (T, N, 4H), state (h0, c0) each (N, H), Wh (H, 4H), peep (3H,) ordered i, f, o or None
-    -> hs (T, N, H), (hT, cT), cache."""
+    -> hs (T, N, H), (hT, cT), cache (None unless keep).
+
+    Without keep, the gate, cell and tanh(c) buffers hold one step (two for c: the previous and
+    the new) and are indexed modulo their depth, so both forms run this one loop."""
     xp = array_module(xw)
     T, N, G = xw.shape
     H = G // 4
-    gates = xp.empty_like(xw)  # activated i, f, o, g; later their gradients
+    depth = T if keep else 1
+    gates = xp.empty((depth, N, G), dtype=xw.dtype)  # activated i, f, o, g; later their gradients
     hbuf = xp.empty((T + 1, N, H), dtype=xw.dtype)
-    cbuf = xp.empty((T + 1, N, H), dtype=xw.dtype)
-    tanh_c = xp.empty((T, N, H), dtype=xw.dtype)
+    cbuf = xp.empty((T + 1 if keep else 2, N, H), dtype=xw.dtype)
+    tanh_c = xp.empty((depth, N, H), dtype=xw.dtype)
     tmp = xp.empty((N, H), dtype=xw.dtype)
     hbuf[0], cbuf[0] = state
-    for t in range(T):
-        xp.matmul(hbuf[t], Wh, out=gates[t])
-        gates[t] += xw[t]
-        _lstm_activate(gates[t], cbuf[t], peep, cbuf[t + 1], tanh_c[t], hbuf[t + 1], tmp)
-    cache = (gates, hbuf, cbuf, tanh_c, Wh, peep)
-    return hbuf[1:], (hbuf[T].copy(), cbuf[T].copy()), cache
+    C = len(cbuf)
+    with np.errstate(over="ignore"):  # sigmoid_neg_'s exp
+        for t in range(T):
+            a = matmul_rows(hbuf[t], Wh, gates[t % depth])
+            a += xw[t]
+            _lstm_activate(a, cbuf[t % C], peep, cbuf[(t + 1) % C], tanh_c[t % depth], hbuf[t + 1], tmp)
+    final = (hbuf[T].copy(), cbuf[T % C].copy())
+    return hbuf[1:], final, (gates, hbuf, cbuf, tanh_c, Wh, peep) if keep else None
 
 
 def lstm_backward(dhs, dstate, cache):
@@ -233,10 +260,11 @@ def lstm_step(xw, state, Wh, peep=None):
     """xw (N, 4H), state (h, c) each (N, H) -> h (N, H), (h, c)."""
     xp = array_module(xw)
     h, c = state
-    a = h @ Wh
+    a = matmul_rows(h, Wh, xp.empty((len(h), Wh.shape[1]), h.dtype))
     a += xw
     c_new, tanh_c, h_new = xp.empty_like(c), xp.empty_like(c), xp.empty_like(h)
-    _lstm_activate(a, c, peep, c_new, tanh_c, h_new, xp.empty_like(c))
+    with np.errstate(over="ignore"):
+        _lstm_activate(a, c, peep, c_new, tanh_c, h_new, xp.empty_like(c))
     return h_new, (h_new, c_new)
 
 
@@ -260,19 +288,22 @@ def _gru_activate(a, xw, h_prev, bhn, hn_out, h_out):
     h_out += n
 
 
-def gru_forward(xw, state, Wh, bhn):
-    """xw (T, N, 3H), state (h0 (N, H),), Wh (H, 3H), bhn (H,) -> hs (T, N, H), (hT,), cache."""
+def gru_forward(xw, state, Wh, bhn, keep=True):
+    """xw (T, N, 3H), state (h0 (N, H),), Wh (H, 3H), bhn (H,) -> hs (T, N, H), (hT,), cache
+    (None unless keep: the gate and hn buffers then hold one step, as in lstm_forward)."""
     xp = array_module(xw)
     T, N, G = xw.shape
     H = G // 3
-    gates = xp.empty_like(xw)  # r, z, n; later the gradients of a_r, a_z and of hn
-    hn = xp.empty((T, N, H), dtype=xw.dtype)  # h @ Wh_n + b_hn; later the gradient of a_n
+    depth = T if keep else 1
+    gates = xp.empty((depth, N, G), dtype=xw.dtype)  # r, z, n; later the gradients of a_r, a_z and of hn
+    hn = xp.empty((depth, N, H), dtype=xw.dtype)  # h @ Wh_n + b_hn; later the gradient of a_n
     hbuf = xp.empty((T + 1, N, H), dtype=xw.dtype)
     hbuf[0] = state[0]
-    for t in range(T):
-        xp.matmul(hbuf[t], Wh, out=gates[t])
-        _gru_activate(gates[t], xw[t], hbuf[t], bhn, hn[t], hbuf[t + 1])
-    return hbuf[1:], (hbuf[T].copy(),), (gates, hn, hbuf, Wh)
+    with np.errstate(over="ignore"):  # sigmoid_'s exp
+        for t in range(T):
+            a = matmul_rows(hbuf[t], Wh, gates[t % depth])
+            _gru_activate(a, xw[t], hbuf[t], bhn, hn[t % depth], hbuf[t + 1])
+    return hbuf[1:], (hbuf[T].copy(),), (gates, hn, hbuf, Wh) if keep else None
 
 
 def gru_backward(dhs, dstate, cache):
@@ -316,7 +347,8 @@ def gru_step(xw, state, Wh, bhn):
     """xw (N, 3H), state (h (N, H),) -> h (N, H), (h,)."""
     xp = array_module(xw)
     h = state[0]
-    a = h @ Wh
+    a = matmul_rows(h, Wh, xp.empty((len(h), Wh.shape[1]), h.dtype))
     hn, h_new = xp.empty_like(h), xp.empty_like(h)
-    _gru_activate(a, xw, h, bhn, hn, h_new)
+    with np.errstate(over="ignore"):
+        _gru_activate(a, xw, h, bhn, hn, h_new)
     return h_new, (h_new,)

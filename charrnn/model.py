@@ -183,8 +183,9 @@ class CharRNN:
         xw += p["l0.b"]
         return xw
 
-    def _run(self, x: np.ndarray, state, rng):
-        """Forward over ids x (N, T) -> top-layer input to the output (T*N, H), new state, caches."""
+    def _run(self, x: np.ndarray, state, rng, keep=True):
+        """Forward over ids x (N, T) -> top-layer input to the output (T*N, H), new state, caches
+        (each cell's None unless keep: a forward with no backward keeps nothing)."""
         p, cfg = self.params, self.config
         if state is None:
             state = self.initial_state(x.shape[0])
@@ -194,7 +195,7 @@ class CharRNN:
         xw = self._input_projection(ids_t)  # (T, N, G)
         layers, new_state = [], []
         for k in range(cfg.num_layers):
-            hs, s, cache = self._forward(xw, state[k], **self._recurrent(k))
+            hs, s, cache = self._forward(xw, state[k], **self._recurrent(k), keep=keep)
             new_state.append(s)
             mask = self._dropout_mask(hs.shape, rng)
             out = hs if mask is None else hs * mask  # (T, N, H)
@@ -246,7 +247,7 @@ class CharRNN:
 
     def forward(self, x, state=None):
         """Logits for every position, no dropout. x (N, T) -> logits (N, T, V), final state."""
-        top, new_state, (ids_t, _) = self._run(x, state, None)
+        top, new_state, (ids_t, _) = self._run(x, state, None, keep=False)
         T, N = ids_t.shape
         logits = (top @ self.params["Wy"] + self.params["by"]).reshape(T, N, -1)  # (T, N, V)
         return logits.transpose(1, 0, 2), new_state
@@ -270,6 +271,7 @@ class CharRNN:
             h, s = self._step(xw, state[k], **self._recurrent(k))
             new_state.append(s)
             if k + 1 < self.config.num_layers:
-                xw = h @ p[f"l{k + 1}.Wx"]
+                Wx = p[f"l{k + 1}.Wx"]
+                xw = cells.matmul_rows(h, Wx, self.xp.empty((len(h), Wx.shape[1]), h.dtype))
                 xw += p[f"l{k + 1}.b"]
         return h @ p["Wy"] + p["by"], tuple(new_state)
