@@ -23,8 +23,8 @@ import numpy as np
 
 from charrnn.cells import GRU_GATES, LSTM_GATES
 from charrnn.config import CELLS, TrainConfig
+from charrnn.prepare import prepare_run
 from charrnn.text import TextPolicy
-from charrnn.train import prepare_run
 
 GATE_ORDER = {"lstm": LSTM_GATES, "gru": GRU_GATES, "rnn": ("h",)}
 

@@ -77,8 +77,8 @@ def family_rss_kib() -> int:
 def child_train(corpus: str, out: str, steps: int, resume: bool) -> dict:
     """Train as `charrnn train corpus -o out --max-steps steps [--resume]`, timed from within."""
     from charrnn.config import ModelConfig, TrainConfig
+    from charrnn.prepare import prepare_run
     from charrnn.text import TextPolicy
-    from charrnn.train import prepare_run
 
     t0 = time.monotonic()
     model_options = {} if resume else {**ModelConfig(vocab_size=1).to_dict(), "embedding_size": None}

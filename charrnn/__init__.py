@@ -16,13 +16,10 @@ The building blocks:
     logits, state = model.step(ids, state)                       # one character per stream
 
 Names are imported on first use (PEP 562), so `import charrnn` loads neither NumPy nor the
-model code. `charrnn.train` is the training function; the module of the same name stays
-importable as `from charrnn.train import Trainer`.
+model code.
 """
 
 import importlib
-import sys
-import types
 
 from . import mpienv  # noqa: F401 (first: under an MPI launcher it sets BLAS threads before NumPy loads)
 
@@ -30,7 +27,7 @@ _EXPORTS = {
     "load": "api",
     "Model": "api",
     "train": "api",
-    "RunResult": "train",
+    "RunResult": "trainer",
     "Score": "scoring",
     "SampleOptions": "sampling",
     "Adam": "optim",
@@ -58,17 +55,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
-
-
-class _Package(types.ModuleType):
-    """The package, whose exported names win over its submodules of the same name: the import
-    system binds every submodule it loads on its package (`charrnn.train = <module>`), which
-    would replace the train() function once anything imported charrnn.train."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -29,10 +29,11 @@ from .backend import resolve_device
 from .checkpoint import Checkpoint, load_checkpoint
 from .data import expand_paths
 from .errors import CharRNNError
+from .prepare import summary_line
 from .sampling import SampleOptions, generate
 from .scoring import Score, score_file, score_lines, score_text, text_surprisal
 from .text import TextPolicy, read_text
-from .train import RunResult, summary_line
+from .trainer import RunResult
 from .vocab import Vocab, to_codepoints
 
 

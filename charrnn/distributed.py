@@ -39,7 +39,9 @@ import numpy as np
 from .errors import CharRNNError
 from .mpienv import launched_rank, launched_size
 from .parallel import _flatten, _nest, split_rows
-from .train import Trainer, prepare_run
+from .prepare import prepare_run
+from .rundir import RunDir
+from .trainer import Trainer
 
 INSTALL = "pip install -e '.[mpi]'"
 CHECK_EVERY = 100  # steps between weight checksums
@@ -117,7 +119,7 @@ def everywhere(fn, *args, **kwargs):
 
 
 def prepare_job(*args, **kwargs) -> Trainer:
-    """train.prepare_run, as an MPITrainer when this process is a rank of an MPI job."""
+    """prepare.prepare_run, as an MPITrainer when this process is a rank of an MPI job."""
     if _world is None:
         return prepare_run(*args, **kwargs)
     trainer = everywhere(prepare_run, *args, **kwargs)
@@ -240,6 +242,26 @@ class MPIRunner:
             )
 
 
+class RootRunDir(RunDir):
+    """The run directory as the ranks of a job share it: rank 0 alone writes, and its view of
+    the files is everyone's (another rank may not see them yet, or at all)."""
+
+    def __init__(self, path, comm):
+        super().__init__(path)
+        self.comm = comm
+
+    def save(self, name, ckpt) -> None:
+        if self.comm.rank == 0:
+            super().save(name, ckpt)
+
+    def log_metrics(self, record: dict) -> None:
+        if self.comm.rank == 0:
+            super().log_metrics(record)
+
+    def has_best(self) -> bool:
+        return self.comm.bcast(super().has_best(), root=0)
+
+
 class MPITrainer(Trainer):
     """A Trainer as a rank of an MPI job: its steps are MPIRunner's, it stops when any rank
     would, and rank 0 alone writes files."""
@@ -247,6 +269,7 @@ class MPITrainer(Trainer):
     def __init__(self, trainer: Trainer, comm):
         self.__dict__.update(vars(trainer))
         self.comm = comm
+        self.run_dir = RootRunDir(self.run_dir.path, comm)
 
     def workers(self) -> int:
         return 1  # a rank is one process: more processes are more ranks
@@ -267,18 +290,6 @@ class MPITrainer(Trainer):
         if result.reason.startswith("SIG"):  # also on a rank the signal did not reach
             result.signal = signal.Signals[result.reason]
         return result
-
-    def save(self, name: str) -> None:
-        if self.comm.rank == 0:
-            super().save(name)
-
-    def log_metrics(self, record: dict) -> None:
-        if self.comm.rank == 0:
-            super().log_metrics(record)
-
-    def has_best(self) -> bool:
-        # rank 0's answer: another rank may not see its files yet, or at all
-        return self.comm.bcast(super().has_best(), root=0)
 
     def diverged(self, loss: float, norm: float) -> None:
         try:

@@ -6,7 +6,7 @@ and in bits/char (nats / ln 2) on the right. Each run has its own colour: its tr
 (the mean over the steps since the evaluation before) as a thin line, its validation loss as a
 thicker line with a dot per evaluation.
 
-`metrics.jsonl` holds one JSON object per evaluation (charrnn/train.py). A run resumed from an
+`metrics.jsonl` holds one JSON object per evaluation (charrnn/trainer.py). A run resumed from an
 earlier save repeats the steps since that save, and a new run in the same directory starts
 again at its first evaluation, so a record replaces every earlier record of the same or a later
 step: what is drawn is the history of the weights that exist now. A last line without its
@@ -26,9 +26,9 @@ from pathlib import Path
 
 from .errors import CharRNNError
 from .functional import LN2
+from .rundir import METRICS
 
 INSTALL = "pip install -e '.[plot]'"  # or: pip install matplotlib
-METRICS = "metrics.jsonl"
 FORMATS = (".png", ".svg", ".pdf")
 
 

@@ -31,8 +31,8 @@ from pathlib import Path
 from .config import TrainConfig
 from .errors import CharRNNError
 from .parallel import available_cpus
+from .prepare import prepare_run
 from .text import TextPolicy
-from .train import prepare_run
 
 INSTALL = "pip install -e '.[tune]'"  # or: pip install optuna
 

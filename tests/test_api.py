@@ -186,7 +186,7 @@ def test_read_file_uses_the_checkpoint_policy_and_prime_files_fail_cleanly(run_d
 def test_import_is_cheap_and_train_is_the_function():
     probe = (
         "import sys, charrnn; assert 'numpy' not in sys.modules, 'numpy loaded'; "
-        "from charrnn.train import Trainer; import charrnn.api; "
+        "import charrnn.api; "
         "assert callable(charrnn.train) and charrnn.train is charrnn.api.train; "
         "print(charrnn.__all__)"
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import importlib
 import json
 import math
 import os
@@ -31,17 +30,16 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from charrnn import rundir
+from charrnn import trainer as trainer_module
 from charrnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from charrnn.cli import main
 from charrnn.config import ModelConfig
 from charrnn.errors import CharRNNError, CheckpointError
 from charrnn.model import CharRNN
+from charrnn.prepare import prepare_run
 from charrnn.text import TextPolicy, read_text
-from charrnn.train import prepare_run
 from charrnn.vocab import Vocab
-
-# the module: `charrnn.train` itself is the training function of the Python API
-train_module = importlib.import_module("charrnn.train")
 
 TINY = ["--hidden-size", "8", "--layers", "1", "--seq-len", "8", "--batch-size", "2", "-q"]
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "ran", "far", "away"]
@@ -406,7 +404,7 @@ def test_best_survives_a_worse_resumed_validation(corpus, tmp_path, monkeypatch)
     out = tmp_path / "run"
     first = train_in_process(corpus, out, 6)
     best = (out / "best.npz").read_bytes()
-    monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: first.best_val + 1.0)
+    monkeypatch.setattr(trainer_module, "evaluate", lambda *a, **k: first.best_val + 1.0)
     resumed = train_in_process(corpus, out, 12, resume=True)
     assert (out / "best.npz").read_bytes() == best
     assert (resumed.best_step, resumed.best_val) == (first.best_step, first.best_val)
@@ -419,7 +417,7 @@ def test_nan_validation_never_becomes_best(corpus, tmp_path, monkeypatch):
     first = train_in_process(corpus, out, 4)
     best = (out / "best.npz").read_bytes()
     # validation data exists, so a NaN is a failed evaluation: the training loss must not stand in
-    monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: math.nan)
+    monkeypatch.setattr(trainer_module, "evaluate", lambda *a, **k: math.nan)
     resumed = train_in_process(corpus, out, 8, resume=True)
     assert (resumed.best_step, resumed.best_val) == (first.best_step, first.best_val)
     assert (out / "best.npz").read_bytes() == best
@@ -655,7 +653,7 @@ def test_full_disk_leaves_no_half_metrics_record(corpus, tmp_path, monkeypatch):
         f = real_open(path, *args, **kwargs)
         return ShortThenFull(f) if str(path).endswith("metrics.jsonl") else f
 
-    monkeypatch.setattr(train_module, "open", short_then_full, raising=False)
+    monkeypatch.setattr(rundir, "open", short_then_full, raising=False)
     result = run("train", corpus, "-o", out, "--resume", "--max-steps", 4)
     monkeypatch.undo()
     assert_clean(result, 1)

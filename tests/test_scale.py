@@ -31,8 +31,10 @@ from charrnn.data import (
     sampled_eval_windows,
 )
 from charrnn.errors import CharRNNError
+from charrnn.prepare import prepare_run
+from charrnn.rundir import KEPT_IDS
 from charrnn.text import TextPolicy
-from charrnn.train import KEPT_IDS, evaluate, prepare_run
+from charrnn.trainer import evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 

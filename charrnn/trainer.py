@@ -1,7 +1,7 @@
-"""The training loop: windows -> loss_and_grads -> clip -> Adam -> evaluate -> save.
+"""The training loop: windows -> train_step (loss_and_grads, clip, Adam) -> evaluate -> save.
 
-A run lives in one directory: `last.npz` (everything needed to continue exactly), `best.npz`
-(lowest validation loss so far) and `metrics.jsonl` (one JSON object per evaluation).
+A run lives in one directory (rundir.py); prepare.py builds a Trainer for a new, resumed or
+fine-tuned run.
 
 Exact resume: a checkpoint holds the weights, Adam's moments and step, the schedule, the
 dropout RNG, the window counter, the hidden state carried between windows and the
@@ -17,10 +17,7 @@ CLI exits 130 / 143. A non-finite loss or gradient stops the run before it touch
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import math
-import os
 import signal
 import sys
 import time
@@ -31,42 +28,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .backend import device_label, to_device
-from .checkpoint import Checkpoint, clean_stale_temp_files, load_checkpoint, save_checkpoint
-from .config import ModelConfig, TrainConfig, default_embedding_size
-from .data import (
-    Batches,
-    Corpus,
-    eval_targets,
-    load_corpus,
-    open_kept_corpus,
-    sampled_eval_windows,
-    split_train_val,
-)
-from .defaults import dropout_rate, epoch_bound, planned_epochs, window_length
+from .backend import to_device
+from .checkpoint import Checkpoint
+from .config import TrainConfig
+from .data import Batches, Corpus, eval_targets, sampled_eval_windows, split_train_val
 from .errors import CharRNNError, CheckpointError
 from .functional import bits_per_char
 from .model import CharRNN
 from .optim import Adam, LRSchedule, clip_grad_norm
 from .parallel import parallel_or_model, resolve_workers
-from .progress import reading_bar
-from .text import TextPolicy
+from .rundir import BEST, LAST, RunDir
 
-# Options that may differ on --resume: they say how long and how often, not what is learnt.
 # Stopping rules after which the last weights are evaluated (a signal asks for a quick exit).
 FINAL_EVAL_REASONS = ("max_steps", "epochs", "max_time")
-# where a memory-mapped corpus's ids stay between a run and its --resume
-KEPT_IDS = "corpus.ids"
-RESUMABLE_OVERRIDES = (
-    "epochs",
-    "max_steps",
-    "max_time",
-    "patience",
-    "eval_every",
-    "eval_chars",
-    "save_every",
-    "workers",
-)
 
 
 @dataclass
@@ -102,19 +76,6 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def ensure_writable(out_dir: Path) -> None:
-    """Fail before step 1, not after an hour of training, when checkpoints cannot be written."""
-    probe = out_dir / f".write-test-{os.getpid()}"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"ok")
-    except OSError as e:
-        raise CharRNNError(f"cannot write checkpoints to {out_dir}: {e.strerror or e}") from None
-    finally:  # a full disk creates the file and then fails to write it
-        with contextlib.suppress(OSError):
-            probe.unlink()
-
-
 def evaluate(
     model: CharRNN, ids: np.ndarray, seq_len: int, max_streams: int, runner=None, budget: int = 0
 ) -> float:
@@ -132,17 +93,16 @@ def evaluate(
     return total / count if count else math.nan
 
 
-def size_advice(num_params: int, train_chars: int) -> str:
-    """char-rnn's rule of thumb: parameters and training characters should be of the same
-    order; far more parameters overfits, far fewer underfits."""
-    ratio = num_params / max(train_chars, 1)
-    if ratio > 10:
-        return (
-            " - the model is large for this data (expect overfitting: raise --dropout or lower --hidden-size)"
-        )
-    if ratio < 0.01:
-        return " - the model is small for this data (it may underfit: raise --hidden-size)"
-    return ""
+def train_step(runner, params: dict, adam: Adam, x, y, state, lr: float, grad_clip: float, rng=None):
+    """One Adam update of params (in place) from one window: x, y (N, T) ids, state the carried
+    hidden state, runner the model or its worker processes -> (loss, gradient norm before
+    clipping, next state). A non-finite loss or norm leaves the weights as they were, for the
+    caller to stop on."""
+    loss, grads, state = runner.loss_and_grads(x, y, state, rng)
+    norm = clip_grad_norm(grads, grad_clip)
+    if math.isfinite(loss) and math.isfinite(norm):
+        adam.update(params, grads, lr)
+    return loss, norm, state
 
 
 class Trainer:
@@ -151,7 +111,8 @@ class Trainer:
     def __init__(
         self, corpus: Corpus, model: CharRNN, tcfg: TrainConfig, out_dir: Path, ckpt: Checkpoint | None
     ):
-        self.corpus, self.model, self.tcfg, self.out_dir = corpus, model, tcfg, out_dir
+        self.corpus, self.model, self.tcfg = corpus, model, tcfg
+        self.run_dir = RunDir(out_dir)
         self.train_ids, self.val_ids = split_train_val(corpus.ids, tcfg.val_frac)
         self.batches = Batches(self.train_ids, tcfg.batch_size, tcfg.seq_len)
         self.adam = Adam(model.params, tcfg.beta1, tcfg.beta2, tcfg.eps)
@@ -225,27 +186,11 @@ class Trainer:
         )
 
     def save(self, name: str) -> None:
-        save_checkpoint(self.out_dir / name, self.checkpoint())
+        self.run_dir.save(name, self.checkpoint())
 
-    def log_metrics(self, record: dict) -> None:
-        """Append one line, whole or not at all: a full disk must not leave half a record for
-        the next run to append to."""
-        path = self.out_dir / "metrics.jsonl"
-        line = (json.dumps(record) + "\n").encode("utf-8")
-        try:
-            with open(path, "ab", buffering=0) as f:
-                start = f.seek(0, os.SEEK_END)
-                try:
-                    done = 0
-                    while done < len(line):
-                        done += f.write(line[done:])
-                except OSError:
-                    os.ftruncate(f.fileno(), start)
-                    raise
-        except OSError as e:
-            raise CharRNNError(
-                f"could not write {path}: {e.strerror or e}; the checkpoints are unchanged"
-            ) from None
+    @property
+    def out_dir(self) -> Path:
+        return self.run_dir.path
 
     # ------------------------------------------------------------------ the loop
 
@@ -313,13 +258,12 @@ class Trainer:
                     break
                 x, y = self.batches.window(p["window"])
                 lr = self.schedule.lr(p["step"], self.spent(started) if t.warmdown else 0.0)
-                loss, grads, state = self.runner.loss_and_grads(
-                    x, y, self.state, self.rng if model.config.dropout else None
-                )
-                norm = clip_grad_norm(grads, t.grad_clip)
+                loss, norm, state = train_step(
+                    self.runner, model.params, self.adam, x, y, self.state, lr, t.grad_clip,
+                    self.rng if model.config.dropout else None,
+                )  # fmt: skip
                 if not (math.isfinite(loss) and math.isfinite(norm)):
                     self.diverged(loss, norm)
-                self.adam.update(model.params, grads, lr)
                 p["step"] += 1
                 p["window"] += 1
                 # a new epoch restarts every stream at its beginning, where the carried state
@@ -334,10 +278,10 @@ class Trainer:
                 else:
                     bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
                 if t.save_every and p["step"] % t.save_every == 0:
-                    self.save("last.npz")
-            if reason in FINAL_EVAL_REASONS and p["step"] % t.eval_every or not self.has_best():
+                    self.save(LAST)
+            if reason in FINAL_EVAL_REASONS and p["step"] % t.eval_every or not self.run_dir.has_best():
                 self.final_eval(bar)
-            self.save("last.npz")
+            self.save(LAST)
         self.runner = model
         return RunResult(self.out_dir, p["step"], p["best_val"], p["best_step"], reason, stop.signum, last)
 
@@ -372,7 +316,7 @@ class Trainer:
             )
         if score < p["best_val"]:
             p["best_val"], p["best_step"] = score, p["step"]
-            self.save("best.npz")
+            self.save(BEST)
         record = {
             "step": p["step"],
             "epoch": round(p["window"] / self.batches.windows_per_epoch, 4),
@@ -384,7 +328,7 @@ class Trainer:
             "chars_per_sec": round(speed, 1),
             "elapsed": round(p["elapsed"], 2),
         }
-        self.log_metrics(record)
+        self.run_dir.log_metrics(record)
         bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{score:.3f}", refresh=False)
         bar.write(
             f"step {p['step']}  epoch {record['epoch']:.2f}  train {train_loss:.4f}  "
@@ -397,9 +341,6 @@ class Trainer:
             self.stop_requested = "pruned"
         return record
 
-    def has_best(self) -> bool:
-        return (self.out_dir / "best.npz").exists()
-
     def final_eval(self, bar) -> None:
         """Evaluate the weights a run ends with, so that best.npz holds them when they are the
         best (and exists at all after a run shorter than one evaluation period). It feeds
@@ -411,7 +352,7 @@ class Trainer:
             bar.write(
                 f"step {p['step']}  final val {val:.4f} ({bits_per_char(val):.3f} bits/char)", file=sys.stderr
             )
-            self.log_metrics(
+            self.run_dir.log_metrics(
                 {
                     "step": p["step"],
                     "val_loss": val,
@@ -419,20 +360,20 @@ class Trainer:
                     "elapsed": round(p["elapsed"], 2),
                 }
             )
-        if val < p["best_val"] or not self.has_best():
+        if val < p["best_val"] or not self.run_dir.has_best():
             if not math.isnan(val):
                 p["best_val"], p["best_step"] = val, p["step"]
-            self.save("best.npz")
+            self.save(BEST)
 
     def diverged(self, loss: float, norm: float) -> None:
         step = self.progress["step"] + 1
         what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
         advice = "lower --lr or --grad-clip, then continue with --resume"
-        last = self.out_dir / "last.npz"
+        last = self.out_dir / LAST
         try:
             # nothing non-finite was applied, so these weights are the last good ones, unless
             # an earlier update already overflowed them (the save refuses non-finite weights)
-            self.save("last.npz")
+            self.save(LAST)
         except CheckpointError:
             raise CharRNNError(
                 f"training diverged at step {step} ({what}) after the weights became non-finite; "
@@ -442,146 +383,3 @@ class Trainer:
             f"training diverged at step {step} ({what}); weights of step {step - 1} saved to {last}"
             f" - {advice}"
         )
-
-
-# ---------------------------------------------------------------------- building a run
-
-
-def default_out_dir(paths: list[Path]) -> Path:
-    return Path("checkpoints") / Path(paths[0]).stem
-
-
-def _refuse_differences(what: str, saved: dict, requested: dict) -> None:
-    diffs = [f"{k} {saved[k]!r} -> {v!r}" for k, v in requested.items() if k in saved and saved[k] != v]
-    if diffs:
-        raise CharRNNError(f"cannot {what}: " + ", ".join(diffs) + " differ from the checkpoint")
-
-
-def _read_corpus(paths, policy: TextPolicy, vocab, unknown: str, kept: Path, show_progress) -> Corpus:
-    """load_corpus with a progress bar, keeping a memory-mapped corpus's ids at `kept`."""
-    with reading_bar(paths, show=show_progress) as bar:
-        return load_corpus(paths, policy, vocab=vocab, unknown=unknown, on_read=bar.update, keep_at=kept)
-
-
-def prepare_run(
-    paths: list[Path],
-    model_options: dict,
-    train_options: dict,
-    policy: TextPolicy,
-    out_dir: Path | None = None,
-    resume: bool = False,
-    init_from: Path | None = None,
-    unknown: str = "error",
-    policy_options: dict | None = None,
-    show_progress: bool | None = None,
-) -> Trainer:
-    """Build a Trainer for a new, resumed or fine-tuned run.
-
-    model_options / train_options hold only the options the user gave (plus, for a new run,
-    everything else at its default); on --resume anything that would change what is learnt is
-    refused with the difference spelled out, and so is a text policy option (policy_options:
-    the TextPolicy fields the user gave) that differs from the checkpoint's. A corpus large
-    enough to be memory-mapped keeps its ids in the run directory (KEPT_IDS), which --resume
-    maps again after a cheap check of the files instead of reading them."""
-    out_dir = Path(out_dir) if out_dir else default_out_dir(paths)
-    ensure_writable(out_dir)
-    clean_stale_temp_files(out_dir)
-    kept = out_dir / KEPT_IDS
-    if resume:
-        last = out_dir / "last.npz"
-        if not last.exists():
-            raise CharRNNError(f"nothing to resume: {last} does not exist")
-        ckpt = load_checkpoint(last)
-        _refuse_differences("resume", ckpt.model_config.to_dict(), model_options)
-        _refuse_differences("resume", ckpt.text_policy.to_dict(), policy_options or {})
-        fixed = {k: v for k, v in train_options.items() if k not in RESUMABLE_OVERRIDES}
-        _refuse_differences("resume", ckpt.train_config.to_dict(), fixed)
-        tcfg = replace(
-            ckpt.train_config, **{k: v for k, v in train_options.items() if k in RESUMABLE_OVERRIDES}
-        )
-        record = ckpt.progress.get("corpus", {})
-        corpus = open_kept_corpus(paths, kept, ckpt.vocab, ckpt.text_policy, record)
-        if corpus is not None:
-            print(
-                f"resuming on {kept}: the files' sizes and sampled contents match the checkpoint's",
-                file=sys.stderr,
-            )
-            return Trainer(corpus, ckpt.model(), tcfg, out_dir, ckpt)
-        # skip, then refuse: new characters mean a new corpus, and --unknown does not apply here
-        corpus = _read_corpus(paths, ckpt.text_policy, ckpt.vocab, "skip", kept, show_progress)
-        if corpus.skipped or corpus.fingerprint != record.get("fingerprint"):
-            new = (
-                f"; it has {corpus.skipped:,} character(s) the model's vocabulary lacks"
-                if corpus.skipped
-                else ""
-            )
-            raise CharRNNError(
-                f"cannot resume: the corpus differs from the one {last} was trained on "
-                f"({', '.join(ckpt.progress['corpus']['names'])}, {ckpt.progress['corpus']['chars']:,} chars)"
-                + new
-            )
-        return Trainer(corpus, ckpt.model(), tcfg, out_dir, ckpt)
-    with contextlib.suppress(FileNotFoundError):  # a new run's corpus replaces an old run's ids
-        kept.unlink()
-    vocab = None
-    if init_from is not None:
-        ckpt = load_checkpoint(init_from)
-        _refuse_differences("fine-tune", ckpt.model_config.to_dict(), model_options)
-        # the checkpoint's vocabulary stays: its rows of Wx and columns of Wy are what was learnt
-        vocab = ckpt.vocab
-    corpus = _read_corpus(paths, policy, vocab, unknown, kept, show_progress)
-    chosen = {}
-    if train_options.get("seq_len") is None:
-        seq_len, chosen["seq_len"] = window_length(corpus.ids, corpus.vocab)
-        train_options = dict(train_options, seq_len=seq_len)
-    if train_options.get("epochs") is None:
-        train_options = dict(train_options, epochs=epoch_bound(train_options))
-    tcfg = TrainConfig(**train_options)
-    if init_from is not None:
-        trainer = Trainer(corpus, ckpt.model(), tcfg, out_dir, None)
-    else:
-        model_options = {
-            "embedding_size": default_embedding_size(len(corpus.vocab)),
-            **{k: v for k, v in model_options.items() if v is not None},
-        }
-        cfg = ModelConfig(vocab_size=len(corpus.vocab), **model_options)
-        trainer = Trainer(corpus, CharRNN.create(cfg, seed=tcfg.seed), tcfg, out_dir, None)
-        if "dropout" not in model_options:
-            speed = functools.partial(training_speed, trainer.model, trainer.batches)
-            trainer.set_dropout(*dropout_rate(planned_epochs(tcfg, len(trainer.train_ids), speed)))
-    trainer.chosen.update(chosen)
-    return trainer
-
-
-def training_speed(model: CharRNN, batches: Batches, steps: int = 3) -> float:
-    """Training chars/s of this model in one process, from its fastest of a few steps on the
-    first window after a warm-up step (the fastest: other work on the machine only slows a step
-    down). The weights are left as they are."""
-    x, y = batches.window(0)
-    model.loss_and_grads(x, y)
-    fastest = math.inf
-    for _ in range(steps):
-        start = time.perf_counter()
-        model.loss_and_grads(x, y)
-        fastest = min(fastest, time.perf_counter() - start)
-    return x.size / fastest
-
-
-def summary_line(trainer: Trainer) -> str:
-    c, m, t = trainer.corpus, trainer.model, trainer.tcfg
-    cfg = m.config
-    return (
-        f"corpus {', '.join(c.names)}: {c.num_chars:,} chars ({len(trainer.train_ids):,} train, "
-        f"{len(trainer.val_ids):,} validation), vocabulary {len(c.vocab)}; model {cfg.cell} "
-        f"{cfg.num_layers}x{cfg.hidden_size}, {m.num_params():,} parameters, dropout {cfg.dropout:g}"
-        + (f" ({trainer.chosen['dropout']})" if "dropout" in trainer.chosen else "")
-        + f"; batch {t.batch_size} x "
-        f"seq {t.seq_len}"
-        + (f" ({trainer.chosen['seq_len']})" if "seq_len" in trainer.chosen else "")
-        + f", {trainer.batches.windows_per_epoch:,} steps/epoch; validation every "
-        f"{t.eval_every:,} steps on {trainer.eval_coverage()}"
-        + (f", {trainer.workers()} worker processes" if trainer.workers() > 1 else "")
-        + f"; device {device_label(m.xp)}"
-        + f"; saving to {trainer.out_dir}"
-        + size_advice(m.num_params(), len(trainer.train_ids))
-    )
