@@ -220,6 +220,7 @@ def train(
         raise TypeError(f"train() got unknown options: {', '.join(sorted(unknown_names))}")
     if resume and init_from:
         raise CharRNNError("resume and init_from exclude each other")
+    xp = resolve_device(device)  # a missing GPU is refused before anything is read or written
     paths = [corpus] if isinstance(corpus, (str, os.PathLike)) else list(corpus)
     policy_options = {n: options[n] for n in POLICY_OPTIONS if n in options}
     try:
@@ -237,7 +238,7 @@ def train(
         )
     except ValueError as e:  # a config dataclass refusing a combination (e.g. peephole on a gru)
         raise CharRNNError(str(e)) from None
-    trainer.to_device(resolve_device(device))
+    trainer.to_device(xp)
     say = (lambda line: print(line, file=sys.stderr)) if verbose else (lambda line: None)
     say(summary_line(trainer))
     result = trainer.run(show_progress=show_progress)
