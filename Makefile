@@ -29,8 +29,8 @@ install: $(VENV)/.installed  ## create .venv and install charrnn with the dev to
 install-torch: install  ## add the optional PyTorch CPU oracle (tests and benchmark baseline)
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 
-install-extras: install  ## add the optional extras whose tests run on a CPU (tune, MPI, plot)
-	$(PY) -m pip install -q -e '.[dev,tune,mpi,plot]'
+install-extras: install  ## add the optional extras whose tests run on a CPU (tune, MPI, plot, serve)
+	$(PY) -m pip install -q -e '.[dev,tune,mpi,plot,serve]'
 
 .PHONY: install-mpi
 install-mpi: install  ## add MPI (mpi4py and an MPICH wheel) for mpiexec -n N charrnn train, and its tests

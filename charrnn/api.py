@@ -88,7 +88,7 @@ class Model:
         temperature 0 is greedy; top_k 0 and top_p 1 keep every character; the same seed gives
         the same text; repeat_penalty > 1 makes the characters of the last repeat_window less
         likely (llama.cpp's); unknown="skip" leaves out prime characters the model never saw
-        (else CharRNNError lists them). Bad values raise CharRNNError before any work."""
+        (else CharRNNError lists them). Bad values raise CharRNNError here, before any work."""
         opts = SampleOptions(
             length=length,
             temperature=temperature,
@@ -101,8 +101,12 @@ class Model:
             repeat_penalty=repeat_penalty,
             repeat_window=repeat_window,
         )
-        for pieces in generate(self.network, self.vocab, opts):
-            yield pieces[0]
+        return (pieces[0] for pieces in self.samples(opts))
+
+    def samples(self, options: SampleOptions) -> Iterator[list[str]]:
+        """The pieces of options.num_samples samples made together as one batch: one list per
+        step, a piece per sample ("" for a sample that has met its stop string)."""
+        return generate(self.network, self.vocab, options)
 
     def generate(self, prime: str = "", **options: Any) -> str:
         """One sample, the prime included, as `charrnn sample` prints it. Takes stream's options."""
@@ -111,9 +115,8 @@ class Model:
     def generate_many(self, n: int, prime: str = "", **options: Any) -> list[str]:
         """n samples made together as one batch (`charrnn sample --num-samples n`); each is
         independent of the others, and one seed repeats all n. Takes stream's options."""
-        opts = SampleOptions(prime=prime, num_samples=n, **options)
         texts: list[list[str]] = [[] for _ in range(n)]
-        for pieces in generate(self.network, self.vocab, opts):
+        for pieces in self.samples(SampleOptions(prime=prime, num_samples=n, **options)):
             for text, piece in zip(texts, pieces):
                 text.append(piece)
         return ["".join(t) for t in texts]
@@ -218,6 +221,7 @@ def train(
         raise TypeError(f"train() got unknown options: {', '.join(sorted(unknown_names))}")
     if resume and init_from:
         raise CharRNNError("resume and init_from exclude each other")
+    xp = resolve_device(device)  # a missing GPU is refused before anything is read or written
     paths = [corpus] if isinstance(corpus, (str, os.PathLike)) else list(corpus)
     policy_options = {n: options[n] for n in POLICY_OPTIONS if n in options}
     try:
@@ -235,7 +239,7 @@ def train(
         )
     except ValueError as e:  # a config dataclass refusing a combination (e.g. peephole on a gru)
         raise CharRNNError(str(e)) from None
-    trainer.to_device(resolve_device(device))
+    trainer.to_device(xp)
     say = (lambda line: print(line, file=sys.stderr)) if verbose else (lambda line: None)
     say(summary_line(trainer))
     result = trainer.run(show_progress=show_progress)

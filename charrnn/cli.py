@@ -1,4 +1,4 @@
-"""`charrnn train | sample | score | perplexity | info`.
+"""`charrnn train | sample | score | perplexity | info | serve`.
 
 Commands are thin: they turn options into library calls. Data goes to stdout, progress and
 logs to stderr. Exit status: 0 success, 1 data or runtime error (one `Error:` line), 2 usage
@@ -20,7 +20,7 @@ from . import api, distributed
 from .backend import DEVICES
 from .checkpoint import latest_checkpoint
 from .clitypes import CorpusPath, Duration, EscapedText, FiniteFloat
-from .config import CELLS, NONLINEARITIES, ModelConfig, TrainConfig
+from .config import CELLS, NONLINEARITIES, ModelConfig, ServeLimits, TrainConfig
 from .data import expand_paths
 from .defaults import LONG_LINE, LONG_WINDOW, SHORT_WINDOW
 from .errors import CharRNNError
@@ -577,3 +577,48 @@ def info(checkpoint, as_json):
         return
     for key, value in desc.items():
         click.echo(f"{key:<16} {value}")
+
+
+@main.command()
+@CHECKPOINT
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on: the loopback interface by default, 0.0.0.0 for every interface.",
+)
+@click.option("--port", type=click.IntRange(0, 65_535), default=8000, show_default=True)
+@click.option(
+    "--threads",
+    type=click.IntRange(0, 256),
+    default=0,
+    help="Threads that run the model (0: one per CPU core).",
+)
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(1, 4096),
+    default=ServeLimits.max_concurrent,
+    show_default=True,
+    help="Generations and scores in flight; one more gets 503 at once.",
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(1, 10_000_000),
+    default=ServeLimits.max_length,
+    show_default=True,
+    help="Most new characters one sample may ask for.",
+)
+def serve(checkpoint, host, port, threads, max_concurrent, max_length):
+    """Serve the model over HTTP: POST /v1/sample, /v1/score, GET /v1/model, /health, and a page
+    to try it at / (needs the serve extra: Starlette and uvicorn)."""
+    try:
+        from . import serve as serving
+    except ModuleNotFoundError as e:
+        missing = (e.name or "").partition(".")[0]
+        if missing not in ("starlette", "uvicorn"):
+            raise
+        raise CharRNNError(f"charrnn serve needs {missing}: pip install -e '.[serve]'") from None
+    from .parallel import available_cpus
+
+    limits = ServeLimits(max_concurrent=max_concurrent, max_length=max_length)
+    serving.run(load_model(checkpoint), host, port, limits, threads or available_cpus())

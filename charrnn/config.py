@@ -93,6 +93,18 @@ class TrainConfig:
         return _from_dict(cls, d)
 
 
+@dataclass(frozen=True)
+class ServeLimits:
+    """What `charrnn serve` allows: a request beyond a limit gets a 4xx JSON error naming it, and
+    generations beyond max_concurrent get 503 at once instead of a queue without bound."""
+
+    max_length: int = 10_000  # new characters per sample
+    max_samples: int = 8  # num_samples per request
+    max_body_bytes: int = 1 << 20  # a request's JSON body
+    max_score_chars: int = 100_000  # under scoring.PARALLEL_MIN_CHARS: scored in the server's process
+    max_concurrent: int = 8  # generations and scores in flight; more wait in no queue
+
+
 def _from_dict(cls: type, d: dict[str, Any]) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = set(d) - known

@@ -33,7 +33,7 @@ h1 { font-size: 1.3em; } h2 { font-size: 1.1em; margin-top: 2em; }
 def surprisal_page(views: list[tuple[Score, str, np.ndarray, np.ndarray]], model_name: str) -> str:
     """The page for texts scored by one model: per text (its Score, the text, and
     scoring.text_surprisal's nats and known, aligned with it)."""
-    levels = "\n".join(f".s{i} {{ background: {xterm_rgb(c)}; }}" for i, c in enumerate(SURPRISAL_COLOURS))
+    levels = level_css()
     title = "surprisal: " + ", ".join(score.name for score, *_ in views)
     body = [f"<h1>{html.escape(title)}</h1>", f"<p class=figures>model: {html.escape(model_name)}</p>"]
     body.append(_legend())
@@ -45,6 +45,11 @@ def surprisal_page(views: list[tuple[Score, str, np.ndarray, np.ndarray]], model
         f"<title>{html.escape(title)}</title>\n<style>{STYLE}{levels}\n</style>\n</head>\n"
         "<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
     )
+
+
+def level_css() -> str:
+    """CSS classes s0, s1, ... with the background of each whole bit of surprisal."""
+    return "\n".join(f".s{i} {{ background: {xterm_rgb(c)}; }}" for i, c in enumerate(SURPRISAL_COLOURS))
 
 
 def _legend() -> str:
