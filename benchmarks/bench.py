@@ -212,9 +212,10 @@ def startup_times(args, workdir: Path) -> dict:
     the children, user + system)."""
     ckpt, small = startup_files(args.corpus, workdir)
     charrnn = [sys.executable, "-m", "charrnn"]
+    perplexity = [*charrnn, "perplexity", "-c", str(ckpt), str(small)]
     commands = {
         "charrnn --version": [*charrnn, "--version"],
-        f"charrnn perplexity ({STARTUP_CHARS // 1000} kB)": [*charrnn, "perplexity", "-c", str(ckpt), str(small)],
+        f"charrnn perplexity ({STARTUP_CHARS // 1000} kB)": perplexity,
     }
     times = {name: {"wall": [], "cpu": []} for name in commands}
     for _ in range(args.startup_runs):
@@ -557,7 +558,8 @@ def report(results: dict, todo: list[dict], sides: list[str], args, vocab: tuple
     if of_kind("sample"):
         lines += [
             "",
-            f"{'sampling':<28}{'charrnn c/s':>12}{'torch c/s':>12}{'ratio':>7}{'bound c/s':>11}{'of bound':>10}",
+            f"{'sampling':<28}{'charrnn c/s':>12}{'torch c/s':>12}{'ratio':>7}"
+            f"{'bound c/s':>11}{'of bound':>10}",
         ]
         bandwidth = results["peak"]["charrnn"]["bandwidth"]
     for c in of_kind("sample"):
