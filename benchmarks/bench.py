@@ -6,7 +6,12 @@ What runs (batch 64, seq 100, float32, Adam lr 2e-3, global-norm clipping 5, sta
                         characters (the large-vocabulary case)
     sampling  chars/s   LSTM 2x256 and 2x512 at batch 1 (what `charrnn sample` does), 2x256 with 16
                         samples; temperature 1, every character drawn from the full softmax
-    scoring   chars/s   LSTM 2x256, exact (one stream) and 64 parallel streams (200-char warm-up)
+    scoring   chars/s   LSTM 2x256, exact (one stream) and 64 parallel streams (200-char warm-up);
+                        forward / training: the 64-stream figure over the same model's training
+                        figure, for each framework (a forward is a third of a training step's products)
+    start-up  seconds   `charrnn --version`, and `charrnn perplexity` of a 2 kB file with a 2x256
+                        LSTM checkpoint: each command run --startup-runs times in a fresh process,
+                        wall-clock from spawn to exit (median, min, max) and the CPU seconds it used
     memory              peak RSS of a training process (charrnn: summed over its worker processes),
                         and saved activations per character
 Each framework runs in its own worker process (so RSS is per framework, and OpenBLAS threads and
@@ -38,6 +43,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -49,6 +55,8 @@ import numpy as np
 
 BATCH, SEQ, LR, CLIP = 64, 100, 2e-3, 5.0
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+PATHS = ("train", "sample", "score", "startup")  # what --only picks from
+STARTUP_CHARS = 2000  # the text `charrnn perplexity` scores in the start-up measurement
 
 
 # ---------------------------------------------------------------------------- what is measured
@@ -175,6 +183,50 @@ def score_rows(ids: np.ndarray, streams: int, warmup: int = 200) -> tuple[np.nda
     starts = [0] + [s * L for s in range(1, S)]
     rows = np.stack([ids[q : q + warmup + L + 1] for q in starts])
     return rows, np.array([0] + [warmup] * (S - 1))
+
+
+# ---------------------------------------------------------------------------- start-up
+
+
+def startup_files(corpus: Path, workdir: Path) -> tuple[Path, Path]:
+    """A 2x256 LSTM checkpoint (fresh weights: scoring costs the same) with the corpus's
+    vocabulary, and the corpus's first STARTUP_CHARS characters. -> (checkpoint, text file)."""
+    from charrnn.checkpoint import Checkpoint, save_checkpoint
+    from charrnn.config import ModelConfig
+    from charrnn.model import CharRNN
+    from charrnn.text import DEFAULT_POLICY, read_text
+    from charrnn.vocab import Vocab
+
+    text = read_text(corpus)
+    vocab = Vocab.from_text(text)
+    model = CharRNN.create(ModelConfig(**model_cfg("lstm", 2, 256, len(vocab))))
+    ckpt, small = workdir / "startup.npz", workdir / "small.txt"
+    save_checkpoint(ckpt, Checkpoint(model.config, model.params, vocab, DEFAULT_POLICY))
+    small.write_text(text[:STARTUP_CHARS], encoding="utf-8")
+    return ckpt, small
+
+
+def startup_times(args, workdir: Path) -> dict:
+    """{command: {"wall": [s per run], "cpu": [s per run]}}: each command in a fresh process,
+    timed from spawn to exit by the parent (perf_counter) and by the CPU it used (getrusage of
+    the children, user + system)."""
+    ckpt, small = startup_files(args.corpus, workdir)
+    charrnn = [sys.executable, "-m", "charrnn"]
+    perplexity = [*charrnn, "perplexity", "-c", str(ckpt), str(small)]
+    commands = {
+        "charrnn --version": [*charrnn, "--version"],
+        f"charrnn perplexity ({STARTUP_CHARS // 1000} kB)": perplexity,
+    }
+    times = {name: {"wall": [], "cpu": []} for name in commands}
+    for _ in range(args.startup_runs):
+        for name, cmd in commands.items():  # alternating, so a slow minute hits both
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            times[name]["wall"].append(time.perf_counter() - start)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            times[name]["cpu"].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return times
 
 
 # ---------------------------------------------------------------------------- workers
@@ -417,8 +469,12 @@ def torch_available() -> bool:
 def run_all(args, workdir: Path, todo: list[dict], sides: list[str]) -> dict:
     """Alternate the frameworks over rounds; -> {case name: {side: [chars/s per round]}} plus
     the machine figures and memory probes."""
+    results = {"speed": {c["name"]: {s: [] for s in sides} for c in todo}, "peak": {}, "memory": {}}
+    if "startup" in args.only:
+        results["startup"] = startup_times(args, workdir)
+    if not todo:
+        return results
     workers = {s: Worker(s, args, workdir) for s in sides}
-    results = {"speed": {c["name"]: {s: [] for s in sides} for c in todo}}
     weight_bytes = sorted({weights_read_per_char(c["cfg"]) for c in todo if c["kind"] == "sample"})
     peaks = {s: [] for s in sides}
     for r in range(args.rounds):
@@ -438,7 +494,6 @@ def run_all(args, workdir: Path, todo: list[dict], sides: list[str]) -> dict:
     for w in workers.values():
         w.close()
     results["peak"] = {s: _best_peak(p) for s, p in peaks.items()}
-    results["memory"] = {}
     probed = [c for c in todo if c["kind"] == "train"][: 1 if args.quick else None]
     for case in probed:  # a fresh process each: RSS is its own
         results["memory"][case["name"]] = {}
@@ -464,7 +519,6 @@ def report(results: dict, todo: list[dict], sides: list[str], args, vocab: tuple
     import numpy
 
     has_torch = "torch" in sides
-    peak = results["peak"]["charrnn"]["gflops"]
     med = {n: {s: statistics.median(v) for s, v in d.items()} for n, d in results["speed"].items()}
 
     def ratio(name):
@@ -473,45 +527,69 @@ def report(results: dict, todo: list[dict], sides: list[str], args, vocab: tuple
     def torch_med(name):
         return med[name]["torch"] if has_torch else None
 
+    def of_kind(kind):
+        return [c for c in todo if c["kind"] == kind]
+
     lines = [
         f"charrnn benchmark: corpus {args.corpus} (V={vocab[0]}), large vocabulary V={vocab[1]}; "
         f"batch {BATCH}, seq {SEQ}, float32, {args.threads} threads, medians of {args.rounds} rounds",
         f"numpy {numpy.__version__}, torch {_torch_version() if has_torch else 'not installed'}, "
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs",
-        f"float32 matmul peak (2048^2): numpy {peak:.1f} GFLOP/s"
-        + (f", torch {results['peak']['torch']['gflops']:.1f} GFLOP/s" if has_torch else ""),
-        "",
-        f"{'training':<28}{'charrnn c/s':>12}{'torch c/s':>12}{'ratio':>7}{'MFLOP/c':>9}"
-        f"{'charrnn %pk':>12}{'torch %pk':>10}",
     ]
-    for c in (c for c in todo if c["kind"] == "train"):
+    if todo:
+        peak = results["peak"]["charrnn"]["gflops"]
+        lines.append(
+            f"float32 matmul peak (2048^2): numpy {peak:.1f} GFLOP/s"
+            + (f", torch {results['peak']['torch']['gflops']:.1f} GFLOP/s" if has_torch else "")
+        )
+    if of_kind("train"):
+        lines += [
+            "",
+            f"{'training':<28}{'charrnn c/s':>12}{'torch c/s':>12}{'ratio':>7}{'MFLOP/c':>9}"
+            f"{'charrnn %pk':>12}{'torch %pk':>10}",
+        ]
+    for c in of_kind("train"):
         n, f = c["name"], train_flops_per_char(c["cfg"])
         frac = {s: med[n][s] * f / (peak * 1e9) for s in sides}
         lines.append(
             f"{n:<28}{fmt(med[n]['charrnn']):>12}{fmt(torch_med(n)):>12}{fmt(ratio(n), '.2f'):>7}"
             f"{f / 1e6:>9.2f}{fmt(frac['charrnn'], '.1%'):>12}{fmt(frac.get('torch'), '.1%'):>10}"
         )
-    lines += [
-        "",
-        f"{'sampling':<28}{'charrnn c/s':>12}{'torch c/s':>12}{'ratio':>7}{'bound c/s':>11}{'of bound':>10}",
-    ]
-    bandwidth = results["peak"]["charrnn"]["bandwidth"]
-    for c in (c for c in todo if c["kind"] == "sample"):
+    if of_kind("sample"):
+        lines += [
+            "",
+            f"{'sampling':<28}{'charrnn c/s':>12}{'torch c/s':>12}{'ratio':>7}"
+            f"{'bound c/s':>11}{'of bound':>10}",
+        ]
+        bandwidth = results["peak"]["charrnn"]["bandwidth"]
+    for c in of_kind("sample"):
         n, wb = c["name"], weights_read_per_char(c["cfg"])
         bound = bandwidth[str(wb)] / wb * c["samples"]  # a batch reads the weights once per step
         lines.append(
             f"{n:<28}{fmt(med[n]['charrnn']):>12}{fmt(torch_med(n)):>12}{fmt(ratio(n), '.2f'):>7}"
             f"{bound:>11,.0f}{med[n]['charrnn'] / bound:>10.3g}"
         )
-    lines += ["", f"{'scoring':<28}{'charrnn c/s':>12}{'torch c/s':>12}{'ratio':>7}"]
-    for c in (c for c in todo if c["kind"] == "score"):
+    if of_kind("score"):
+        lines += ["", f"{'scoring':<28}{'charrnn c/s':>12}{'torch c/s':>12}{'ratio':>7}"]
+    for c in of_kind("score"):
         n = c["name"]
         lines.append(f"{n:<28}{fmt(med[n]['charrnn']):>12}{fmt(torch_med(n)):>12}{fmt(ratio(n), '.2f'):>7}")
-    lines += [
-        "",
-        f"{'training memory':<28}{'peak RSS MiB':>13}{'torch':>8}{'step MiB':>10}{'torch':>8}"
-        f"{'saved B/c':>11}{'torch':>8}",
-    ]
+    for c in of_kind("score"):
+        # forward only against training, the same model in the same run: parallel streams are
+        # the forward a user runs at full batch (exact scoring is one stream, a different regime)
+        trained = [t["name"] for t in of_kind("train") if t["cfg"] == c["cfg"]]
+        if c["streams"] > 1 and trained:
+            per = {s: med[c["name"]][s] / med[trained[0]][s] for s in sides}
+            lines.append(
+                f"{'forward / training':<28}{per['charrnn']:>12.2f}{fmt(per.get('torch'), '.2f'):>12}"
+                f"{fmt(per['charrnn'] / per['torch'] if has_torch else None, '.2f'):>7}"
+            )
+    if results["memory"]:
+        lines += [
+            "",
+            f"{'training memory':<28}{'peak RSS MiB':>13}{'torch':>8}{'step MiB':>10}{'torch':>8}"
+            f"{'saved B/c':>11}{'torch':>8}",
+        ]
     for name, mem in results["memory"].items():
         c, t = mem["charrnn"], mem.get("torch")
 
@@ -524,12 +602,21 @@ def report(results: dict, todo: list[dict], sides: list[str], args, vocab: tuple
             f"{fmt(t and t['rss_peak'] - t['rss_before'], ',.0f'):>8}"
             f"{c['saved_per_char']:>11,.0f}{col(t, 'saved_per_char', ',.0f'):>8}"
         )
+    if "startup" in results:
+        lines += ["", f"{'start-up':<34}{'median s':>9}{'min s':>8}{'max s':>8}{'cpu s':>8}"]
+    for name, t in results.get("startup", {}).items():
+        w = t["wall"]
+        lines.append(
+            f"{name:<34}{statistics.median(w):>9.3f}{min(w):>8.3f}{max(w):>8.3f}{statistics.median(t['cpu']):>8.3f}"
+        )
     lines += [
         "",
         "c/s: characters per second. ratio: charrnn / torch. MFLOP/c: matrix-product FLOPs per training",
         "character; %pk: chars/s x FLOPs/char / numpy matmul peak. bound: chars/s if every weight used were",
-        "read once per step at the measured read bandwidth. step MiB: peak RSS minus RSS before the first",
-        "step. saved B/c: bytes the forward keeps for backward, per character.",
+        "read once per step at the measured read bandwidth. forward / training: 64-stream scoring c/s over",
+        "training c/s of the same model. step MiB: peak RSS minus RSS before the first step. saved B/c:",
+        "bytes the forward keeps for backward, per character. start-up: wall-clock seconds of a fresh",
+        "process from spawn to exit over --startup-runs runs; cpu s: the median CPU time it used.",
     ]
     return "\n".join(lines)
 
@@ -550,6 +637,11 @@ def main(argv=None) -> None:
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
     p.add_argument("--verbose", action="store_true", help="time every measurement on stderr")
     p.add_argument("--json", type=Path, help="also write the raw measurements here")
+    p.add_argument(
+        "--only", action="append", choices=PATHS, metavar="PATH",
+        help=f"measure only this path (repeatable; one of {', '.join(PATHS)}; default: all)",
+    )  # fmt: skip
+    p.add_argument("--startup-runs", type=int, default=9, help="fresh processes per start-up command")
     p.add_argument("--worker", choices=["charrnn", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -565,11 +657,13 @@ def main(argv=None) -> None:
         p.error("--corpus is required")
     if args.quick:
         args.rounds, args.min_time = min(args.rounds, 1), min(args.min_time, 0.05)
+        args.startup_runs = min(args.startup_runs, 2)
+    args.only = args.only or list(PATHS)
     sides = ["charrnn"] + ([] if args.no_torch or not torch_available() else ["torch"])
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-") as tmp:
         workdir = Path(tmp)
         vocab = prepare_data(args.corpus, workdir, *((20_000, 400) if args.quick else (400_000, 3000)))
-        todo = cases(*vocab, quick=args.quick)
+        todo = [c for c in cases(*vocab, quick=args.quick) if c["kind"] in args.only]
         results = run_all(args, workdir, todo, sides)
     print(report(results, todo, sides, args, vocab))
     if args.json:

@@ -200,3 +200,25 @@ def test_step_loop_equals_forward_bit_for_bit(name, dtype):
         np.testing.assert_array_equal(h, hs[t])
     for s, r in zip(state, stateT):
         np.testing.assert_array_equal(s, r)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", CASES)
+def test_forward_without_cache_equals_forward_bit_for_bit(name, dtype):
+    # keep=False (scoring, priming) reuses one step's buffers; it must compute the same values
+    case = make_case(name, seed=6, dtype=dtype)
+    hs, stateT, cache = case.run()
+    hs_only, state_only, none = case.forward(
+        case.arrays["xw"], case.state(), **case.params(), **case.kwargs, keep=False
+    )
+    assert cache is not None and none is None
+    np.testing.assert_array_equal(hs_only, hs)
+    for s, r in zip(state_only, stateT):
+        np.testing.assert_array_equal(s, r)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 16])
+def test_matmul_rows_is_the_product(rows):
+    rng = np.random.default_rng(rows)
+    h, W = rng.normal(size=(rows, 8)), rng.normal(size=(8, 12))
+    np.testing.assert_allclose(cells.matmul_rows(h, W, np.empty((rows, 12))), h @ W, rtol=1e-13, atol=1e-13)

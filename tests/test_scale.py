@@ -242,7 +242,7 @@ def trained(tmp_path) -> Path:
 @pytest.mark.skipif(os.name != "posix", reason="signals")
 def test_ctrl_c_stops_a_long_score_cleanly(tmp_path):
     out = trained(tmp_path)
-    big = write(tmp_path / "big.txt", make_text(60_000))  # ~2 MB: tens of seconds with --exact
+    big = write(tmp_path / "big.txt", make_text(240_000))  # ~8 MB: far more than 3 s with --exact
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
         [sys.executable, "-m", "charrnn", "score", "-c", out, big, "--exact", "--json"],
