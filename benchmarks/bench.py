@@ -302,9 +302,9 @@ class CharrnnSide:
         return retained + x.size * step.model.config.vocab_size * 4
 
     def sampler(self, cfg: dict, samples: int, length: int):
-        from charrnn.config import ModelConfig
+        from charrnn.config import ModelConfig, SampleOptions
         from charrnn.model import CharRNN
-        from charrnn.sampling import SampleOptions, generate
+        from charrnn.sampling import generate
         from charrnn.vocab import Vocab
 
         model = CharRNN.create(ModelConfig(**cfg))

@@ -158,7 +158,8 @@ def torch_train(sizes: dict, layers: int, hidden: int, tf32: bool = False) -> di
 
 
 def ours_sample(sizes: dict) -> dict:
-    from charrnn.sampling import SampleOptions, generate
+    from charrnn.config import SampleOptions
+    from charrnn.sampling import generate
     from charrnn.vocab import Vocab
 
     model = _ours_model(*sizes["other"])

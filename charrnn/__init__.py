@@ -29,7 +29,7 @@ _EXPORTS = {
     "train": "api",
     "RunResult": "trainer",
     "Score": "scoring",
-    "SampleOptions": "sampling",
+    "SampleOptions": "config",
     "Adam": "optim",
     "LRSchedule": "optim",
     "clip_grad_norm": "optim",

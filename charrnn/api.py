@@ -27,10 +27,11 @@ import numpy as np
 from . import distributed
 from .backend import resolve_device
 from .checkpoint import Checkpoint, load_checkpoint
+from .config import SampleOptions
 from .data import expand_paths
 from .errors import CharRNNError
 from .prepare import summary_line
-from .sampling import SampleOptions, generate
+from .sampling import generate
 from .scoring import Score, score_file, score_lines, score_text, text_surprisal
 from .text import TextPolicy, read_text
 from .trainer import RunResult

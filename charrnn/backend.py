@@ -33,7 +33,6 @@ import numpy as np
 
 from .errors import CharRNNError
 
-DEVICES = ("auto", "cpu", "gpu")
 INSTALL_HINT = (
     "pip install -e '.[gpu]' (CuPy for CUDA 12 drivers and newer; '.[gpu13]' installs the CUDA 13 build)"
 )

@@ -17,16 +17,24 @@ import click
 from click.core import ParameterSource
 
 from . import api, distributed
-from .backend import DEVICES
 from .checkpoint import latest_checkpoint
 from .clitypes import CorpusPath, Duration, EscapedText, FiniteFloat
-from .config import CELLS, NONLINEARITIES, ModelConfig, ServeLimits, TrainConfig
+from .config import (
+    CELLS,
+    DEVICES,
+    LONG_LINE,
+    LONG_WINDOW,
+    NONLINEARITIES,
+    SHORT_WINDOW,
+    UNKNOWN_POLICIES,
+    ModelConfig,
+    SampleOptions,
+    ServeLimits,
+    TrainConfig,
+)
 from .data import expand_paths
-from .defaults import LONG_LINE, LONG_WINDOW, SHORT_WINDOW
 from .errors import CharRNNError
-from .sampling import SampleOptions
 from .scoring import render_surprisal, surprisal_legend, surprisal_score
-from .vocab import UNKNOWN_POLICIES
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
 UNKNOWN = click.option(

@@ -1,15 +1,29 @@
-"""Frozen configuration dataclasses. They are stored in every checkpoint as JSON, so a field
-added later needs a default (old checkpoints must keep loading)."""
+"""Frozen configuration dataclasses and the choices and constants the CLI's options are built
+from. ModelConfig and TrainConfig are stored in every checkpoint as JSON, so a field added later
+needs a default (old checkpoints must keep loading).
+
+Nothing here imports NumPy: `charrnn --help` and `--version` build every option from this
+module without loading it."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .errors import CharRNNError
+
 CELLS = ("lstm", "gru", "rnn")
 NONLINEARITIES = ("tanh", "relu")
+DEVICES = ("auto", "cpu", "gpu")
+UNKNOWN_POLICIES = ("error", "skip")
 ONE_HOT_MAX_VOCAB = 256
+# the window lengths a new run chooses between (defaults.window_length says why)
+SHORT_WINDOW, LONG_WINDOW = 50, 100
+LONG_LINE = 64  # a 99th-percentile line longer than this no longer fits a short window
 
 
 def default_embedding_size(vocab_size: int) -> int:
@@ -103,6 +117,60 @@ class ServeLimits:
     max_body_bytes: int = 1 << 20  # a request's JSON body
     max_score_chars: int = 100_000  # under scoring.PARALLEL_MIN_CHARS: scored in the server's process
     max_concurrent: int = 8  # generations and scores in flight; more wait in no queue
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """How to sample; the defaults are `charrnn sample`'s. Checked on creation, so a bad value
+    from any caller (the CLI, the Python API, a server request) is one CharRNNError naming it."""
+
+    length: int = 1000
+    temperature: float = 0.8  # 0 means greedy (argmax)
+    top_k: int = 0  # 0: no limit
+    top_p: float = 1.0  # 1: no nucleus cut
+    prime: str = ""
+    seed: int | None = None
+    num_samples: int = 1
+    stop: str = ""
+    unknown: str = "error"
+    # llama.cpp's repeat_penalty over its last repeat_last_n tokens; 1: off
+    repeat_penalty: float = 1.0
+    repeat_window: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("prime", "stop"):
+            if not isinstance(getattr(self, name), str):
+                raise CharRNNError(f"{name} must be a string, not {_kind(getattr(self, name))}")
+        _check_int("length", self.length, 0)
+        _check_int("top_k", self.top_k, 0)
+        _check_int("num_samples", self.num_samples, 1)
+        _check_int("repeat_window", self.repeat_window, 1)
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0, 2**63 - 1)
+        _check_float("temperature", self.temperature, lambda x: x >= 0, ">= 0")
+        _check_float("top_p", self.top_p, lambda x: 0 < x <= 1, "in (0, 1]")
+        _check_float("repeat_penalty", self.repeat_penalty, lambda x: x >= 1, ">= 1")
+        if self.unknown not in UNKNOWN_POLICIES:
+            raise CharRNNError(f"unknown must be one of {', '.join(UNKNOWN_POLICIES)}, not {self.unknown!r}")
+
+
+def _kind(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
+    # bool is an int to Python, but `true` for a length is a client's mistake
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise CharRNNError(f"{name} must be an integer, not {_kind(value)}")
+    if value < lo or (hi is not None and value > hi):
+        raise CharRNNError(f"{name} must be >= {lo}{f' and <= {hi}' if hi is not None else ''}, not {value}")
+
+
+def _check_float(name: str, value, in_range: Callable[[float], bool], bounds: str) -> None:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise CharRNNError(f"{name} must be a number, not {_kind(value)}")
+    if not (math.isfinite(value) and in_range(value)):
+        raise CharRNNError(f"{name} must be a finite number {bounds}, not {value}")
 
 
 def _from_dict(cls: type, d: dict[str, Any]) -> Any:

@@ -26,11 +26,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import LONG_LINE, LONG_WINDOW, SHORT_WINDOW, TrainConfig
 from .vocab import Vocab
 
-SHORT_WINDOW, LONG_WINDOW = 50, 100
-LONG_LINE = 64  # a 99th-percentile line longer than this no longer fits a short window
 SAMPLE_BLOCKS, BLOCK_CHARS = 32, 32_768
 MANY_EPOCHS, LONG_RUN_DROPOUT = 6.0, 0.2
 

@@ -9,71 +9,15 @@ the character is chosen and printed; a seed repeats its text on the same device.
 
 from __future__ import annotations
 
-import math
-import numbers
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import numpy as np
 
 from .backend import to_host
+from .config import SampleOptions
 from .errors import CharRNNError
 from .model import CharRNN
-from .vocab import UNKNOWN_POLICIES, Vocab
-
-
-@dataclass(frozen=True)
-class SampleOptions:
-    """How to sample; the defaults are `charrnn sample`'s. Checked on creation, so a bad value
-    from any caller (the CLI, the Python API, a server request) is one CharRNNError naming it."""
-
-    length: int = 1000
-    temperature: float = 0.8  # 0 means greedy (argmax)
-    top_k: int = 0  # 0: no limit
-    top_p: float = 1.0  # 1: no nucleus cut
-    prime: str = ""
-    seed: int | None = None
-    num_samples: int = 1
-    stop: str = ""
-    unknown: str = "error"
-    # llama.cpp's repeat_penalty over its last repeat_last_n tokens; 1: off
-    repeat_penalty: float = 1.0
-    repeat_window: int = 64
-
-    def __post_init__(self) -> None:
-        for name in ("prime", "stop"):
-            if not isinstance(getattr(self, name), str):
-                raise CharRNNError(f"{name} must be a string, not {_kind(getattr(self, name))}")
-        _check_int("length", self.length, 0)
-        _check_int("top_k", self.top_k, 0)
-        _check_int("num_samples", self.num_samples, 1)
-        _check_int("repeat_window", self.repeat_window, 1)
-        if self.seed is not None:
-            _check_int("seed", self.seed, 0, 2**63 - 1)
-        _check_float("temperature", self.temperature, lambda x: x >= 0, ">= 0")
-        _check_float("top_p", self.top_p, lambda x: 0 < x <= 1, "in (0, 1]")
-        _check_float("repeat_penalty", self.repeat_penalty, lambda x: x >= 1, ">= 1")
-        if self.unknown not in UNKNOWN_POLICIES:
-            raise CharRNNError(f"unknown must be one of {', '.join(UNKNOWN_POLICIES)}, not {self.unknown!r}")
-
-
-def _kind(value) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
-    # bool is an int to Python, but `true` for a length is a client's mistake
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise CharRNNError(f"{name} must be an integer, not {_kind(value)}")
-    if value < lo or (hi is not None and value > hi):
-        raise CharRNNError(f"{name} must be >= {lo}{f' and <= {hi}' if hi is not None else ''}, not {value}")
-
-
-def _check_float(name: str, value, in_range: Callable[[float], bool], bounds: str) -> None:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise CharRNNError(f"{name} must be a number, not {_kind(value)}")
-    if not (math.isfinite(value) and in_range(value)):
-        raise CharRNNError(f"{name} must be a finite number {bounds}, not {value}")
+from .vocab import Vocab
 
 
 def next_distribution(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:

@@ -37,9 +37,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from .api import Model
-from .config import ServeLimits
+from .config import SampleOptions, ServeLimits
 from .errors import CharRNNError
-from .sampling import SampleOptions
 from .scoring import SURPRISAL_COLOURS
 from .surprisal_html import level_css
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .config import UNKNOWN_POLICIES
 from .errors import CharRNNError
 
-UNKNOWN_POLICIES = ("error", "skip")
 MAX_CODEPOINT = 0x10FFFF
 _SURROGATES = (0xD800, 0xDFFF)
 _LF = 10

@@ -6,14 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from charrnn.sampling import (
-    RecentChars,
-    SampleOptions,
-    choose,
-    generate,
-    next_distribution,
-    penalize_repeats,
-)
+from charrnn.config import SampleOptions
+from charrnn.sampling import RecentChars, choose, generate, next_distribution, penalize_repeats
 from charrnn.vocab import Vocab
 
 LOGITS = np.array([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]], dtype=np.float32)
