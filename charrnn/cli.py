@@ -18,7 +18,7 @@ from click.core import ParameterSource
 
 from . import api, distributed
 from .checkpoint import latest_checkpoint
-from .clitypes import CorpusPath, Duration, EscapedText, FiniteFloat
+from .clitypes import CorpusPath, Duration, EscapedText, FiniteFloat, one_process_per_rank
 from .config import (
     CELLS,
     DEVICES,
@@ -49,7 +49,7 @@ CHECKPOINT = click.option(
 
 WORKERS = click.option(
     "--workers", type=click.IntRange(0, 1024), default=TrainConfig.workers,
-    callback=distributed.one_process_per_rank,
+    callback=one_process_per_rank,
     help="Processes sharing the streams, one BLAS thread each (0: one per CPU core, at most one "
     "per 8 streams; 1: none). Scoring uses them for texts of 100,000 characters or more.",
 )  # fmt: skip

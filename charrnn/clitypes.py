@@ -1,5 +1,5 @@
-"""click parameter types: every command-line value is checked here, before any work starts,
-so bad values exit with status 2 and click's usage message."""
+"""click parameter types and checks: every command-line value is checked here, before any work
+starts, so bad values exit with status 2 and click's usage message."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 
 import click
+
+from .mpienv import launched_size
 
 
 class FiniteFloat(click.ParamType):
@@ -105,3 +107,12 @@ class EscapedText(click.ParamType):
             return chr(code)
 
         return _ESCAPE.sub(replace, str(value))
+
+
+def one_process_per_rank(ctx, param, value: int) -> int:
+    """The --workers callback: under MPI more processes are more ranks."""
+    if value > 1 and launched_size() > 1:
+        raise click.BadParameter(
+            "cannot be combined with mpiexec: each rank is one process (start more ranks instead)"
+        )
+    return value

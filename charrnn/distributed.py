@@ -144,15 +144,6 @@ def prepare_job(*args, **kwargs) -> Trainer:
     return MPITrainer(trainer, _world)
 
 
-def one_process_per_rank(ctx, param, value: int) -> int:
-    """The --workers callback: under MPI more processes are more ranks."""
-    if value > 1 and launched_size() > 1:
-        raise click.BadParameter(
-            "cannot be combined with mpiexec: each rank is one process (start more ranks instead)"
-        )
-    return value
-
-
 class MPIRunner:
     """`loss_and_grads` and `nll` of a model over windows whose rows are shared among the ranks
     of comm: DataParallel's interface, so training and scoring run unchanged. Every rank makes
