@@ -20,22 +20,22 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import distributed
 from .backend import resolve_device
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import SampleOptions
 from .data import expand_paths
 from .errors import CharRNNError
-from .prepare import summary_line
 from .sampling import generate
 from .scoring import Score, score_file, score_lines, score_text, text_surprisal
 from .text import TextPolicy, read_text
-from .trainer import RunResult
 from .vocab import Vocab, to_codepoints
+
+if TYPE_CHECKING:
+    from .trainer import RunResult
 
 
 def load(path: str | os.PathLike[str], device: str = "cpu") -> Model:
@@ -217,6 +217,10 @@ def train(
     patterns; out: the run directory (default checkpoints/<corpus name>/). verbose prints the
     start-up and final lines on stderr; show_progress None shows a bar when stderr is a
     terminal. SIGINT / SIGTERM stop the run after a save: the result's `signal` says which."""
+    # the training stack is imported here, so that loading, sampling and scoring start without it
+    from . import distributed
+    from .prepare import summary_line
+
     unknown_names = set(options) - set(MODEL_OPTIONS + TRAIN_OPTIONS + POLICY_OPTIONS)
     if unknown_names:
         raise TypeError(f"train() got unknown options: {', '.join(sorted(unknown_names))}")

@@ -37,6 +37,7 @@ import numpy as np
 from .config import ModelConfig
 from .errors import CharRNNError
 from .model import CharRNN
+from .mpienv import launched_size
 
 # fewer rows than this per worker make each process's products too small to pay for the split
 MIN_ROWS_PER_WORKER = 8
@@ -89,12 +90,13 @@ def parallel_or_model(model: CharRNN, batch_size: int, seq_len: int, workers: in
     process is one of them, DataParallel for 2 or more workers, else the model itself, also
     (with a warning) when workers cannot start. A model on a GPU is never shared among worker
     processes: they share host memory, and one process keeps a GPU busy."""
-    from .distributed import MPIRunner, world  # distributed builds on this module
+    if launched_size() > 1:  # else this process is no rank of a job, and needs no MPI code
+        from .distributed import MPIRunner, world  # distributed builds on this module
 
-    if world() is not None:
-        if model.xp is not np:  # the Allreduce buffers are host memory
-            raise CharRNNError("--device gpu does not combine with mpiexec yet: use --device cpu")
-        return contextlib.nullcontext(MPIRunner(model, world()))
+        if world() is not None:
+            if model.xp is not np:  # the Allreduce buffers are host memory
+                raise CharRNNError("--device gpu does not combine with mpiexec yet: use --device cpu")
+            return contextlib.nullcontext(MPIRunner(model, world()))
     if workers < 2 or model.xp is not np:
         return contextlib.nullcontext(model)
     try:
