@@ -12,12 +12,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from click.core import ParameterSource
 
-from . import api, distributed
-from .checkpoint import latest_checkpoint
+# NumPy-free modules only: NumPy and the model code are imported by the commands that run them,
+# so that `--help`, `--version` and usage errors answer at once
 from .clitypes import CorpusPath, Duration, EscapedText, FiniteFloat, one_process_per_rank
 from .config import (
     CELLS,
@@ -32,9 +33,11 @@ from .config import (
     ServeLimits,
     TrainConfig,
 )
-from .data import expand_paths
 from .errors import CharRNNError
-from .scoring import render_surprisal, surprisal_legend, surprisal_score
+from .mpienv import launched_size
+
+if TYPE_CHECKING:
+    from .api import Model
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
 UNKNOWN = click.option(
@@ -66,7 +69,12 @@ class CharRNNGroup(click.Group):
 
     def invoke(self, ctx):
         try:
-            return distributed.job(super().invoke, ctx)
+            # without an MPI launcher distributed.job only calls the command: skip its imports
+            if launched_size() > 1:
+                from . import distributed
+
+                return distributed.job(super().invoke, ctx)
+            return super().invoke(ctx)
         except CharRNNError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(1)
@@ -96,6 +104,8 @@ def main() -> None:
 def resolve_checkpoint(path: Path | None) -> Path:
     """-c's value, or the newest best.npz under checkpoints/ (said on stderr)."""
     if path is None:
+        from .checkpoint import latest_checkpoint
+
         path = latest_checkpoint(Path("checkpoints"))
         if path is None:
             raise CharRNNError(
@@ -105,7 +115,9 @@ def resolve_checkpoint(path: Path | None) -> Path:
     return path
 
 
-def load_model(path: Path | None, device: str = "cpu") -> api.Model:
+def load_model(path: Path | None, device: str = "cpu") -> Model:
+    from . import api
+
     return api.load(resolve_checkpoint(path), device)
 
 
@@ -269,6 +281,8 @@ def train(ctx, corpus, output, resume, init_from, unknown, quiet, device, **_):
     joined in order; a newline is added after a file that does not end with one."""
     if resume and init_from:
         raise click.UsageError("--resume and --init-from exclude each other")
+    from . import api
+
     # only the options typed: the rest take the defaults, or on --resume the checkpoint's values
     options = given(ctx, api.MODEL_OPTIONS + api.TRAIN_OPTIONS + api.POLICY_OPTIONS)
     result = api.train(
@@ -378,12 +392,14 @@ def read_stdin() -> str:
         raise CharRNNError(f"standard input is not {e.encoding}: {e.reason} at byte {e.start}") from None
 
 
-def _scores(model: api.Model, files, exact, streams, unknown, workers):
+def _scores(model: Model, files, exact, streams, unknown, workers):
     return [model.score_file(f, exact, streams, unknown, workers, show_progress=None) for f in files]
 
 
-def _show_surprisal(model: api.Model, files, unknown, html_file: Path | None) -> None:
+def _show_surprisal(model: Model, files, unknown, html_file: Path | None) -> None:
     """Each file coloured by surprisal: on stdout, or as one HTML page written to html_file."""
+    from .scoring import render_surprisal, surprisal_legend, surprisal_score
+
     views = []
     for f in files:
         text = model.read_file(f)
@@ -530,6 +546,7 @@ def tune(
 ):
     """Search cell, size, dropout, learning rate and windows within a time budget (Optuna)."""
     from . import tune as tuning
+    from .data import expand_paths
 
     paths = expand_paths(corpus)
     options = tuning.TuneOptions(
