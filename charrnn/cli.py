@@ -19,6 +19,7 @@ from click.core import ParameterSource
 
 # NumPy-free modules only: NumPy and the model code are imported by the commands that run them,
 # so that `--help`, `--version` and usage errors answer at once
+from . import __version__
 from .clitypes import CorpusPath, Duration, EscapedText, FiniteFloat, one_process_per_rank
 from .config import (
     CELLS,
@@ -96,7 +97,9 @@ class CharRNNGroup(click.Group):
 
 
 @click.group(cls=CharRNNGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="charrnn")
+# the version as a literal: click would otherwise look it up with importlib.metadata, which takes
+# longer to import than the rest of --version
+@click.version_option(__version__)
 def main() -> None:
     """Character-level RNN / LSTM / GRU language models: train, sample, score."""
 

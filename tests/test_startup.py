@@ -41,6 +41,11 @@ def test_help_and_version_import_no_numpy(args):
     assert "numpy" not in names, sorted(n for n in names if n.startswith("numpy"))[:5]
 
 
+def test_version_is_the_packages():
+    result = subprocess.run([sys.executable, "-m", "charrnn", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.split()[-1] == charrnn.__version__
+
+
 @pytest.fixture(scope="module")
 def checkpoint(corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
