@@ -211,7 +211,7 @@ def train(
     eval_chars, save_every, workers (the run); encoding, errors, newline (the text policy).
 
     An option left out takes the CLI's default (ModelConfig, TrainConfig and TextPolicy hold
-    them), except that seq_len, dropout and embedding_size are chosen from the corpus and the
+    them), except that seq_len, hidden_size, dropout and embedding_size are chosen from the corpus and the
     budget as the CLI chooses them, and that on resume or init_from it keeps the checkpoint's
     value (resume refuses a change to what is learnt). corpus: files, directories or glob
     patterns; out: the run directory (default checkpoints/<corpus name>/). verbose prints the

@@ -29,6 +29,7 @@ from .config import (
     NONLINEARITIES,
     SHORT_WINDOW,
     UNKNOWN_POLICIES,
+    WIDE_HIDDEN,
     ModelConfig,
     SampleOptions,
     ServeLimits,
@@ -133,8 +134,10 @@ def given(ctx: click.Context, names) -> dict:
 @click.argument("corpus", nargs=-1, required=True, type=CorpusPath())
 @click.option("--model", "cell", type=click.Choice(CELLS), default=ModelConfig.cell, show_default=True)
 @click.option(
-    "--hidden-size", type=click.IntRange(1, 8192), default=ModelConfig.hidden_size, show_default=True
-)
+    "--hidden-size", type=click.IntRange(1, 8192), default=ModelConfig.hidden_size,
+    help=f"Default: {ModelConfig.hidden_size}, or {WIDE_HIDDEN} when --max-time lets a model that wide "
+    "go over the text 6 or more times (the start-up line says which and why).",
+)  # fmt: skip
 @click.option(
     "--layers", "num_layers", type=click.IntRange(1, 16), default=ModelConfig.num_layers, show_default=True
 )

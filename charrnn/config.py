@@ -24,6 +24,7 @@ ONE_HOT_MAX_VOCAB = 256
 # the window lengths a new run chooses between (defaults.window_length says why)
 SHORT_WINDOW, LONG_WINDOW = 50, 100
 LONG_LINE = 64  # a 99th-percentile line longer than this no longer fits a short window
+WIDE_HIDDEN = 512  # the width of a run whose --max-time allows many epochs of it (defaults.py)
 
 
 def default_embedding_size(vocab_size: int) -> int:

@@ -7,6 +7,12 @@ it down; a run that goes over it many times overfits without it (tiny-shakespear
 budget: --max-steps and --epochs say it outright, --max-time through the speed of a few
 steps measured at start-up.
 
+Width: a 2x256 levels off once it has seen its text a dozen times or so (tiny-shakespeare: about
+1.46 nats/char however long it trains), while a wider model, slower per step, keeps learning
+past it. So a run given --max-time that lets a 2x512 go over the text MANY_EPOCHS times trains
+the 2x512 (tiny-shakespeare in 20 minutes: 1.455 against 1.463), unless that makes the model
+large for the text; shorter budgets keep the 256, which learns more in few steps.
+
 The epoch bound: a run given no budget stops after 20 passes over its text (early stopping
 usually ends it sooner); a run given --max-time or --max-steps is bounded by that alone, so
 `--max-time 20m` trains for 20 minutes even on a text it goes over 20 times sooner.
@@ -26,11 +32,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .config import LONG_LINE, LONG_WINDOW, SHORT_WINDOW, TrainConfig
+from .config import LONG_LINE, LONG_WINDOW, SHORT_WINDOW, WIDE_HIDDEN, ModelConfig, TrainConfig
 from .vocab import Vocab
 
 SAMPLE_BLOCKS, BLOCK_CHARS = 32, 32_768
 MANY_EPOCHS, LONG_RUN_DROPOUT = 6.0, 0.2
+LARGE_MODEL = 10  # parameters per training character beyond which a model overfits its text
 
 
 def long_line_length(ids: np.ndarray, newline: int | None, q: float = 99.0) -> int:
@@ -78,3 +85,13 @@ def dropout_rate(epochs: float) -> tuple[float, str]:
     if epochs >= MANY_EPOCHS:
         return LONG_RUN_DROPOUT, f"the budget allows about {epochs:.0f} epochs"
     return 0.0, f"the budget allows about {epochs:.1f} epochs"
+
+
+def model_width(epochs: float, wide_params: int, train_chars: int) -> tuple[int, str]:
+    """(hidden_size, why) for a new run whose --max-time lets a WIDE_HIDDEN model go over its
+    text `epochs` times; wide_params is that model's size."""
+    if wide_params > LARGE_MODEL * train_chars:
+        return ModelConfig.hidden_size, f"a {WIDE_HIDDEN} would be large for this text"
+    if epochs >= MANY_EPOCHS:
+        return WIDE_HIDDEN, f"the time allows about {epochs:.0f} epochs of it"
+    return ModelConfig.hidden_size, f"the time allows about {epochs:.1f} epochs of a {WIDE_HIDDEN}"

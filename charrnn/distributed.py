@@ -123,8 +123,8 @@ def prepare_job(*args, **kwargs) -> Trainer:
     if _world is None:
         return prepare_run(*args, **kwargs)
     trainer = everywhere(prepare_run, *args, **kwargs)
-    if "dropout" in trainer.chosen:  # each rank timed its own steps: rank 0's choice holds for all
-        trainer.set_dropout(*_world.bcast((trainer.model.config.dropout, trainer.chosen["dropout"]), root=0))
+    if trainer.chosen:  # each rank timed its own steps for the budget's choices: rank 0's hold for all
+        trainer.choose(*_world.bcast((trainer.model.config, trainer.chosen), root=0))
     # different arguments or files on one machine would silently train another model there
     setup = {"corpus": trainer.corpus.fingerprint, "model": trainer.model.config, "options": trainer.tcfg}
     setups = _world.allgather(setup)

@@ -15,9 +15,16 @@ from pathlib import Path
 
 from .backend import device_label
 from .checkpoint import load_checkpoint
-from .config import ModelConfig, TrainConfig, default_embedding_size
+from .config import WIDE_HIDDEN, ModelConfig, TrainConfig, default_embedding_size
 from .data import Batches, Corpus, load_corpus, open_kept_corpus
-from .defaults import dropout_rate, epoch_bound, planned_epochs, window_length
+from .defaults import (
+    LARGE_MODEL,
+    dropout_rate,
+    epoch_bound,
+    model_width,
+    planned_epochs,
+    window_length,
+)
 from .errors import CharRNNError
 from .model import CharRNN
 from .progress import reading_bar
@@ -132,11 +139,27 @@ def prepare_run(
         }
         cfg = ModelConfig(vocab_size=len(corpus.vocab), **model_options)
         trainer = Trainer(corpus, CharRNN.create(cfg, seed=tcfg.seed), tcfg, out_dir, None)
-        if "dropout" not in model_options:
-            speed = functools.partial(training_speed, trainer.model, trainer.batches)
-            trainer.set_dropout(*dropout_rate(planned_epochs(tcfg, len(trainer.train_ids), speed)))
+        trainer.choose(*budget_choices(trainer, model_options))
     trainer.chosen.update(chosen)
     return trainer
+
+
+def budget_choices(trainer: Trainer, model_options: dict) -> tuple[ModelConfig, dict[str, str]]:
+    """The model config a new run's budget decides where model_options leave it open (its width
+    under --max-time, then its dropout), and why, from the speed of a few timed steps."""
+    tcfg, chars, config = trainer.tcfg, len(trainer.train_ids), trainer.model.config
+    speed, why = functools.partial(training_speed, trainer.model, trainer.batches), {}
+    if "hidden_size" not in model_options and tcfg.max_time:
+        wide = CharRNN.create(replace(config, hidden_size=WIDE_HIDDEN), seed=tcfg.seed)
+        wide_speed = functools.cache(functools.partial(training_speed, wide, trainer.batches))
+        epochs = planned_epochs(tcfg, chars, wide_speed)
+        width, why["hidden_size"] = model_width(epochs, wide.num_params(), chars)
+        if width == WIDE_HIDDEN:
+            config, speed = wide.config, wide_speed
+    if "dropout" not in model_options:
+        rate, why["dropout"] = dropout_rate(planned_epochs(tcfg, chars, speed))
+        config = replace(config, dropout=rate)
+    return config, why
 
 
 def training_speed(model: CharRNN, batches: Batches, steps: int = 3) -> float:
@@ -159,7 +182,9 @@ def summary_line(trainer: Trainer) -> str:
     return (
         f"corpus {', '.join(c.names)}: {c.num_chars:,} chars ({len(trainer.train_ids):,} train, "
         f"{len(trainer.val_ids):,} validation), vocabulary {len(c.vocab)}; model {cfg.cell} "
-        f"{cfg.num_layers}x{cfg.hidden_size}, {m.num_params():,} parameters, dropout {cfg.dropout:g}"
+        f"{cfg.num_layers}x{cfg.hidden_size}"
+        + (f" ({trainer.chosen['hidden_size']})" if "hidden_size" in trainer.chosen else "")
+        + f", {m.num_params():,} parameters, dropout {cfg.dropout:g}"
         + (f" ({trainer.chosen['dropout']})" if "dropout" in trainer.chosen else "")
         + f"; batch {t.batch_size} x "
         f"seq {t.seq_len}"
@@ -177,7 +202,7 @@ def size_advice(num_params: int, train_chars: int) -> str:
     """char-rnn's rule of thumb: parameters and training characters should be of the same
     order; far more parameters overfits, far fewer underfits."""
     ratio = num_params / max(train_chars, 1)
-    if ratio > 10:
+    if ratio > LARGE_MODEL:
         return (
             " - the model is large for this data (expect overfitting: raise --dropout or lower --hidden-size)"
         )

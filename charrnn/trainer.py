@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from .backend import to_device
 from .checkpoint import Checkpoint
-from .config import TrainConfig
+from .config import ModelConfig, TrainConfig
 from .data import Batches, Corpus, eval_targets, sampled_eval_windows, split_train_val
 from .errors import CharRNNError, CheckpointError
 from .functional import bits_per_char
@@ -154,10 +154,14 @@ class Trainer:
         self.adam.m, self.adam.v = to_device(self.adam.m, xp), to_device(self.adam.v, xp)
         self.state = to_device(self.state, xp)
 
-    def set_dropout(self, rate: float, why: str) -> None:
-        """A new run's dropout, chosen after the model was made (defaults.dropout_rate)."""
-        self.model = self.runner = CharRNN(replace(self.model.config, dropout=rate), self.model.params)
-        self.chosen["dropout"] = why
+    def choose(self, config: ModelConfig, why: dict[str, str]) -> None:
+        """A new run's model as its budget decided after timing steps (defaults.py): the same
+        weights when only the dropout differs, new ones of the chosen width otherwise."""
+        if replace(config, dropout=0.0) != replace(self.model.config, dropout=0.0):
+            self.model = CharRNN.create(config, seed=self.tcfg.seed)
+            self.adam = Adam(self.model.params, self.tcfg.beta1, self.tcfg.beta2, self.tcfg.eps)
+        self.model = self.runner = CharRNN(config, self.model.params)
+        self.chosen.update(why)
 
     # ------------------------------------------------------------------ saving
 

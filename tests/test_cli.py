@@ -89,6 +89,29 @@ def test_dropout_follows_the_budget_and_says_why(corpus, tmp_path, budget, dropo
     assert load_checkpoint(tmp_path / "run" / "last.npz").model_config.dropout == dropout
 
 
+@pytest.mark.parametrize(("speed", "width"), [(1e9, 512), (1e3, 256)])
+def test_the_width_follows_the_time_budget_and_says_why(tmp_path, monkeypatch, speed, width):
+    # the chars/s of the start-up's timed steps decide how many epochs --max-time allows
+    monkeypatch.setattr("charrnn.prepare.training_speed", lambda model, batches: speed)
+    text = tmp_path / "words.txt"
+    text.write_text(make_text(20_000), encoding="utf-8")  # 700 k chars: not small for a 1x512
+    args = ["--layers", "1", "--batch-size", "2", "--seq-len", "8", "--max-time", "1s", "-q"]
+    result = run("train", text, "-o", tmp_path / "run", *args)
+    assert result.exit_code == 0, result.output
+    assert f"gru 1x{width} (the time allows about" in result.stderr
+    saved = load_checkpoint(tmp_path / "run" / "last.npz").model_config
+    assert (saved.hidden_size, saved.dropout) == (width, 0.2 if width == 512 else 0.0)
+
+
+def test_a_width_given_or_a_run_without_max_time_keeps_its_width(corpus, tmp_path):
+    result = run("train", corpus, "-o", tmp_path / "a", *TINY, "--max-time", "1s")
+    assert result.exit_code == 0, result.output
+    assert "gru 1x16," in result.stderr
+    result = run("train", corpus, "-o", tmp_path / "b", "--layers", "1", "--max-steps", "1", "-q")
+    assert result.exit_code == 0, result.output
+    assert "gru 1x256," in result.stderr
+
+
 def sample(run_dir, *args) -> str:
     result = run("sample", "-c", run_dir, *args)
     assert result.exit_code == 0, result.output

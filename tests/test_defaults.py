@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from charrnn.config import TrainConfig
+from charrnn.config import WIDE_HIDDEN, ModelConfig, TrainConfig
 from charrnn.defaults import (
     BLOCK_CHARS,
     LONG_RUN_DROPOUT,
@@ -15,6 +15,7 @@ from charrnn.defaults import (
     dropout_rate,
     epoch_bound,
     long_line_length,
+    model_width,
     planned_epochs,
     window_length,
 )
@@ -89,3 +90,11 @@ def test_a_time_or_step_budget_lifts_the_epoch_bound():
     assert epoch_bound({}) == TrainConfig.epochs
     assert epoch_bound({"max_time": 1200.0}) == 0  # `--max-time 20m` trains for 20 minutes
     assert epoch_bound({"max_steps": 5000, "max_time": 0.0}) == 0
+
+
+def test_a_long_time_budget_widens_the_model_unless_the_text_is_small_for_it():
+    # tiny-shakespeare, 2x512 GRU (2,496,577 parameters): 20 minutes allow about 6.7 epochs of it
+    assert model_width(6.7, 2_496_577, 1_003_855)[0] == WIDE_HIDDEN
+    assert model_width(1.1, 2_496_577, 1_003_855)[0] == ModelConfig.hidden_size  # 3 minutes
+    small = model_width(60.0, 2_496_577, 28_000)
+    assert small == (ModelConfig.hidden_size, "a 512 would be large for this text")
