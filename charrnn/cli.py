@@ -291,6 +291,11 @@ def train(ctx, corpus, output, resume, init_from, unknown, quiet, device, **_):
 
     # only the options typed: the rest take the defaults, or on --resume the checkpoint's values
     options = given(ctx, api.MODEL_OPTIONS + api.TRAIN_OPTIONS + api.POLICY_OPTIONS)
+    if not (resume or init_from):  # those take the cell from the checkpoint, and refuse another
+        cell = options.get("cell", ModelConfig.cell)
+        for name, value, cell_of_it in (("peephole", True, "lstm"), ("nonlinearity", "relu", "rnn")):
+            if options.get(name) == value and cell != cell_of_it:
+                raise click.UsageError(f"--{name} applies only to --model {cell_of_it}, not {cell}")
     result = api.train(
         corpus,
         output,

@@ -244,6 +244,16 @@ def test_bad_training_values(corpus):
         assert result.exit_code == 2, (opt, value, result.output)
 
 
+@pytest.mark.parametrize(
+    "args", [["--peephole"], ["--model", "gru", "--peephole"], ["--model", "lstm", "--nonlinearity", "relu"]]
+)
+def test_an_option_of_another_cell_is_a_usage_error(corpus, tmp_path, args):
+    result = run("train", corpus, "-o", tmp_path / "run", *args)
+    assert result.exit_code == 2, result.output
+    assert "applies only to --model" in result.output
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 def test_default_checkpoint_is_newest_best(run_dir, corpus, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run("sample", "-n", 5).exit_code == 1  # none yet: a clear error, not a traceback
