@@ -168,6 +168,24 @@ def test_score_json_and_table(run_dir, corpus, tmp_path):
     assert "bits/char" in table.stdout and str(corpus) in table.stdout
 
 
+def test_many_files_in_one_call_load_the_model_once(run_dir, tmp_path, monkeypatch):
+    import charrnn.api
+
+    files = [tmp_path / f"{k}.txt" for k in range(3)]
+    for k, f in enumerate(files):
+        f.write_text(make_text(40, seed=k), encoding="utf-8")
+    alone = [json.loads(run("score", "-c", run_dir, f, "--json").stdout) for f in files]
+    loads = []
+    real_load = charrnn.api.load
+    monkeypatch.setattr(charrnn.api, "load", lambda *a: loads.append(a) or real_load(*a))
+    together = run("score", "-c", run_dir, *files, "--json")
+    assert together.exit_code == 0, together.output
+    assert [json.loads(line) for line in together.stdout.splitlines()] == alone
+    assert len(loads) == 1
+    perplexities = run("perplexity", "-c", run_dir, *files).stdout.split()
+    assert [float(p) for p in perplexities] == pytest.approx([d["perplexity"] for d in alone], abs=1e-4)
+
+
 def test_score_per_line_and_surprisal(run_dir, tmp_path):
     f = tmp_path / "lines.txt"
     f.write_text("the cat sat.\n\na dog ran far away.\n", encoding="utf-8")
