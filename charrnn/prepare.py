@@ -19,6 +19,7 @@ from .config import WIDE_HIDDEN, ModelConfig, TrainConfig, default_embedding_siz
 from .data import Batches, Corpus, load_corpus, open_kept_corpus
 from .defaults import (
     LARGE_MODEL,
+    MANY_EPOCHS,
     dropout_rate,
     epoch_bound,
     model_width,
@@ -148,16 +149,17 @@ def budget_choices(trainer: Trainer, model_options: dict) -> tuple[ModelConfig, 
     """The model config a new run's budget decides where model_options leave it open (its width
     under --max-time, then its dropout), and why, from the speed of a few timed steps."""
     tcfg, chars, config = trainer.tcfg, len(trainer.train_ids), trainer.model.config
-    speed, why = functools.partial(training_speed, trainer.model, trainer.batches), {}
-    if "hidden_size" not in model_options and tcfg.max_time:
+    why = {}
+    epochs = planned_epochs(tcfg, chars, functools.partial(training_speed, trainer.model, trainer.batches))
+    # a wider model is slower: only a time that allows many epochs of this one can allow them of it
+    if "hidden_size" not in model_options and tcfg.max_time and epochs >= MANY_EPOCHS:
         wide = CharRNN.create(replace(config, hidden_size=WIDE_HIDDEN), seed=tcfg.seed)
-        wide_speed = functools.cache(functools.partial(training_speed, wide, trainer.batches))
-        epochs = planned_epochs(tcfg, chars, wide_speed)
-        width, why["hidden_size"] = model_width(epochs, wide.num_params(), chars)
+        wide_epochs = planned_epochs(tcfg, chars, functools.partial(training_speed, wide, trainer.batches))
+        width, why["hidden_size"] = model_width(wide_epochs, wide.num_params(), chars)
         if width == WIDE_HIDDEN:
-            config, speed = wide.config, wide_speed
+            config, epochs = wide.config, wide_epochs
     if "dropout" not in model_options:
-        rate, why["dropout"] = dropout_rate(planned_epochs(tcfg, chars, speed))
+        rate, why["dropout"] = dropout_rate(epochs)
         config = replace(config, dropout=rate)
     return config, why
 
