@@ -76,7 +76,7 @@ class TrainConfig:
     """How a model is trained; the defaults are `charrnn train`'s (the CLI reads them from here).
     Times are seconds; 0 disables a limit or a schedule."""
 
-    seq_len: int = 50
+    seq_len: int = SHORT_WINDOW
     batch_size: int = 32
     lr: float = 2e-3
     lr_decay: float = 1.0
@@ -141,7 +141,7 @@ class SampleOptions:
     def __post_init__(self) -> None:
         for name in ("prime", "stop"):
             if not isinstance(getattr(self, name), str):
-                raise CharRNNError(f"{name} must be a string, not {_kind(getattr(self, name))}")
+                raise CharRNNError(f"{name} must be a string, not {json_kind(getattr(self, name))}")
         _check_int("length", self.length, 0)
         _check_int("top_k", self.top_k, 0)
         _check_int("num_samples", self.num_samples, 1)
@@ -155,21 +155,22 @@ class SampleOptions:
             raise CharRNNError(f"unknown must be one of {', '.join(UNKNOWN_POLICIES)}, not {self.unknown!r}")
 
 
-def _kind(value) -> str:
+def json_kind(value) -> str:
+    """How a JSON client would name value's type, for error messages."""
     return "null" if value is None else type(value).__name__
 
 
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
     # bool is an int to Python, but `true` for a length is a client's mistake
     if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise CharRNNError(f"{name} must be an integer, not {_kind(value)}")
+        raise CharRNNError(f"{name} must be an integer, not {json_kind(value)}")
     if value < lo or (hi is not None and value > hi):
         raise CharRNNError(f"{name} must be >= {lo}{f' and <= {hi}' if hi is not None else ''}, not {value}")
 
 
 def _check_float(name: str, value, in_range: Callable[[float], bool], bounds: str) -> None:
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise CharRNNError(f"{name} must be a number, not {_kind(value)}")
+        raise CharRNNError(f"{name} must be a number, not {json_kind(value)}")
     if not (math.isfinite(value) and in_range(value)):
         raise CharRNNError(f"{name} must be a finite number {bounds}, not {value}")
 

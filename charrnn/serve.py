@@ -37,7 +37,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from .api import Model
-from .config import SampleOptions, ServeLimits
+from .config import SampleOptions, ServeLimits, json_kind
 from .errors import CharRNNError
 from .scoring import SURPRISAL_COLOURS
 from .surprisal_html import level_css
@@ -189,7 +189,7 @@ class Server:
         data = await self.body(request, SCORE_FIELDS)
         text = data.get("text")
         if not isinstance(text, str):
-            raise RequestError(400, f"text must be a string, not {_kind(text)}")
+            raise RequestError(400, f"text must be a string, not {json_kind(text)}")
         _within("the length of text", len(text), self.limits.max_score_chars)
         per_line, surprisal, exact = (_flag(data, name) for name in ("per_line", "surprisal", "exact"))
         unknown = data.get("unknown", "error")
@@ -240,10 +240,6 @@ class _Holding:
             self.release()
 
 
-def _kind(value) -> str:
-    return "null" if value is None else type(value).__name__
-
-
 def _within(name: str, value: int, limit: int) -> None:
     if value > limit:
         raise RequestError(400, f"{name} {value:,} is over this server's limit of {limit:,}")
@@ -252,7 +248,7 @@ def _within(name: str, value: int, limit: int) -> None:
 def _flag(data: dict, name: str) -> bool:
     value = data.get(name, False)
     if not isinstance(value, bool):
-        raise RequestError(400, f"{name} must be true or false, not {_kind(value)}")
+        raise RequestError(400, f"{name} must be true or false, not {json_kind(value)}")
     return value
 
 
