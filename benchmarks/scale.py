@@ -117,7 +117,7 @@ def child_train(corpus: str, out: str, steps: int, resume: bool) -> dict:
         "rss_mib": marks["rss"] / 1024,
         "chars": trainer.corpus.num_chars,
         "vocab": len(trainer.corpus.vocab),
-        "coverage": trainer.eval_coverage(),
+        "coverage": trainer.validation.coverage(),
     }
 
 

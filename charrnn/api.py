@@ -241,6 +241,7 @@ def train(
             unknown,
             policy_options,
             show_progress=show_progress,
+            xp=xp,
         )
     except ValueError as e:  # a config dataclass refusing a combination (e.g. peephole on a gru)
         raise CharRNNError(str(e)) from None
@@ -249,7 +250,7 @@ def train(
     say(summary_line(trainer))
     result = trainer.run(show_progress=show_progress)
     best = (
-        f"best loss {result.best_val:.4f} at step {result.best_step} (on {trainer.eval_coverage()})"
+        f"best loss {result.best_val:.4f} at step {result.best_step} (on {trainer.validation.coverage()})"
         if result.best_step
         else "no evaluation yet"
     )

@@ -28,6 +28,8 @@ from .config import (
     LONG_WINDOW,
     NONLINEARITIES,
     SHORT_WINDOW,
+    SMALL_TEXT_EVAL_EVERY,
+    SMALL_TEXT_STEPS,
     UNKNOWN_POLICIES,
     WIDE_HIDDEN,
     ModelConfig,
@@ -224,7 +226,8 @@ def given(ctx: click.Context, names) -> dict:
     "--epochs",
     type=FiniteFloat(0, 1e6),
     help=f"Stop after this many passes over the training text (0: no limit). Default: "
-    f"{TrainConfig.epochs:g}, or no limit when --max-steps or --max-time is given.",
+    f"{TrainConfig.epochs:g}, or on a small text as many as {SMALL_TEXT_STEPS:,} steps take; no limit "
+    "when --max-steps or --max-time is given.",
 )
 @click.option(
     "--max-steps",
@@ -245,7 +248,13 @@ def given(ctx: click.Context, names) -> dict:
     show_default=True,
     help="Stop after this many evaluations without a new best validation loss (0: never).",
 )
-@click.option("--eval-every", type=click.IntRange(1), default=TrainConfig.eval_every, show_default=True)
+@click.option(
+    "--eval-every",
+    type=click.IntRange(1),
+    default=TrainConfig.eval_every,
+    help=f"Evaluate every this many steps. Default: {TrainConfig.eval_every}, or "
+    f"{SMALL_TEXT_EVAL_EVERY} on a small text given more epochs (see --epochs).",
+)
 @click.option(
     "--eval-chars",
     type=click.IntRange(0),

@@ -405,7 +405,7 @@ class Batches:
         n = len(ids)
         self.batch_size, self.seq_len = batch_size, seq_len
         self.stream_len = (n - 1) // batch_size if n else 0
-        self.windows_per_epoch = self.stream_len // seq_len
+        self.windows_per_epoch = epoch_windows(n, batch_size, seq_len)
         if self.windows_per_epoch == 0:
             raise CharRNNError(_too_short(n, batch_size, seq_len))
         used = batch_size * self.stream_len
@@ -418,6 +418,11 @@ class Batches:
         start = (j % self.windows_per_epoch) * self.seq_len
         cols = slice(start, start + self.seq_len)
         return self._x[:, cols].astype(np.int64), self._y[:, cols].astype(np.int64)
+
+
+def epoch_windows(num_ids: int, batch_size: int, seq_len: int) -> int:
+    """Steps in one epoch of Batches over num_ids ids (0: too few for one window)."""
+    return ((num_ids - 1) // batch_size if num_ids else 0) // seq_len
 
 
 def _too_short(n: int, batch_size: int, seq_len: int) -> str:

@@ -15,7 +15,11 @@ large for the text; shorter budgets keep the 256, which learns more in few steps
 
 The epoch bound: a run given no budget stops after 20 passes over its text (early stopping
 usually ends it sooner); a run given --max-time or --max-steps is bounded by that alone, so
-`--max-time 20m` trains for 20 minutes even on a text it goes over 20 times sooner.
+`--max-time 20m` trains for 20 minutes even on a text it goes over 20 times sooner. On a text
+so small that 20 passes are few steps (28 k chars: 160 steps of 32 x 100), the model is still
+far from what it can learn when they end, so such a run gets as many passes as SMALL_TEXT_STEPS
+steps take, evaluated every SMALL_TEXT_EVAL_EVERY steps so that early stopping ends it where
+it stops improving.
 
 The window length: truncated BPTT only learns what spans one window, so a model trained on
 50-character windows cannot learn where a line of 79 characters ends, and at a low
@@ -32,7 +36,16 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .config import LONG_LINE, LONG_WINDOW, SHORT_WINDOW, WIDE_HIDDEN, ModelConfig, TrainConfig
+from .config import (
+    LONG_LINE,
+    LONG_WINDOW,
+    SHORT_WINDOW,
+    SMALL_TEXT_EVAL_EVERY,
+    SMALL_TEXT_STEPS,
+    WIDE_HIDDEN,
+    ModelConfig,
+    TrainConfig,
+)
 from .vocab import Vocab
 
 SAMPLE_BLOCKS, BLOCK_CHARS = 32, 32_768
@@ -60,12 +73,19 @@ def window_length(ids: np.ndarray, vocab: Vocab) -> tuple[int, str]:
     return SHORT_WINDOW, f"for this text: 99 lines in 100 have at most {longest} chars"
 
 
-def epoch_bound(tcfg_options: dict) -> float:
-    """--epochs for a run whose options leave it unset (None): none when --max-steps or
-    --max-time bounds the run, else TrainConfig's."""
+def epoch_bound(tcfg_options: dict, windows_per_epoch: int) -> tuple[float, int, str | None]:
+    """(--epochs, --eval-every, why) for a run whose options leave --epochs unset: no epoch bound
+    when --max-steps or --max-time bounds the run, else TrainConfig's, or for a small text
+    (windows_per_epoch steps an epoch) enough epochs for SMALL_TEXT_STEPS steps and evaluations
+    often enough to stop it early (why is None when TrainConfig's values hold)."""
+    eval_every = tcfg_options.get("eval_every", TrainConfig.eval_every)
     if tcfg_options.get("max_steps") or tcfg_options.get("max_time"):
-        return 0.0
-    return TrainConfig.epochs
+        return 0.0, eval_every, None
+    if TrainConfig.epochs * windows_per_epoch >= SMALL_TEXT_STEPS:
+        return TrainConfig.epochs, eval_every, None
+    epochs = float(math.ceil(SMALL_TEXT_STEPS / max(windows_per_epoch, 1)))
+    eval_every = tcfg_options.get("eval_every", SMALL_TEXT_EVAL_EVERY)
+    return epochs, eval_every, f"{SMALL_TEXT_STEPS:,} steps on a text this small"
 
 
 def planned_epochs(tcfg: TrainConfig, train_chars: int, chars_per_second: Callable[[], float]) -> float:

@@ -13,10 +13,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .backend import device_label
+import numpy as np
+
+from .backend import device_label, to_device
 from .checkpoint import load_checkpoint
 from .config import WIDE_HIDDEN, ModelConfig, TrainConfig, default_embedding_size
-from .data import Batches, Corpus, load_corpus, open_kept_corpus
+from .data import Batches, Corpus, epoch_windows, load_corpus, open_kept_corpus, split_train_val
 from .defaults import (
     LARGE_MODEL,
     MANY_EPOCHS,
@@ -69,6 +71,7 @@ def prepare_run(
     unknown: str = "error",
     policy_options: dict | None = None,
     show_progress: bool | None = None,
+    xp=np,
 ) -> Trainer:
     """Build a Trainer for a new, resumed or fine-tuned run.
 
@@ -77,7 +80,9 @@ def prepare_run(
     refused with the difference spelled out, and so is a text policy option (policy_options:
     the TextPolicy fields the user gave) that differs from the checkpoint's. A corpus large
     enough to be memory-mapped keeps its ids in the run directory (KEPT_IDS), which --resume
-    maps again after a cheap check of the files instead of reading them."""
+    maps again after a cheap check of the files instead of reading them. xp: the array module
+    the run will train with, whose device times the steps that the budget's choices rest on
+    (the Trainer itself is built on the host: Trainer.to_device moves it)."""
     out_dir = Path(out_dir) if out_dir else default_out_dir(paths)
     RunDir(out_dir).prepare()
     kept = out_dir / KEPT_IDS
@@ -129,7 +134,14 @@ def prepare_run(
         seq_len, chosen["seq_len"] = window_length(corpus.ids, corpus.vocab)
         train_options = dict(train_options, seq_len=seq_len)
     if train_options.get("epochs") is None:
-        train_options = dict(train_options, epochs=epoch_bound(train_options))
+        val_frac = train_options.get("val_frac", TrainConfig.val_frac)
+        batch_size = train_options.get("batch_size", TrainConfig.batch_size)
+        train_chars = len(split_train_val(corpus.ids, val_frac)[0])
+        windows = epoch_windows(train_chars, batch_size, train_options["seq_len"])
+        epochs, eval_every, why = epoch_bound(train_options, windows)
+        train_options = dict(train_options, epochs=epochs, eval_every=eval_every)
+        if why:
+            chosen["epochs"] = why
     tcfg = TrainConfig(**train_options)
     if init_from is not None:
         trainer = Trainer(corpus, ckpt.model(), tcfg, out_dir, None)
@@ -140,21 +152,26 @@ def prepare_run(
         }
         cfg = ModelConfig(vocab_size=len(corpus.vocab), **model_options)
         trainer = Trainer(corpus, CharRNN.create(cfg, seed=tcfg.seed), tcfg, out_dir, None)
-        trainer.choose(*budget_choices(trainer, model_options))
+        trainer.choose(*budget_choices(trainer, model_options, xp))
     trainer.chosen.update(chosen)
     return trainer
 
 
-def budget_choices(trainer: Trainer, model_options: dict) -> tuple[ModelConfig, dict[str, str]]:
+def budget_choices(trainer: Trainer, model_options: dict, xp=np) -> tuple[ModelConfig, dict[str, str]]:
     """The model config a new run's budget decides where model_options leave it open (its width
-    under --max-time, then its dropout), and why, from the speed of a few timed steps."""
+    under --max-time, then its dropout), and why, from the speed of a few steps timed on xp's
+    device."""
     tcfg, chars, config = trainer.tcfg, len(trainer.train_ids), trainer.model.config
     why = {}
-    epochs = planned_epochs(tcfg, chars, functools.partial(training_speed, trainer.model, trainer.batches))
+
+    def speed_of(model: CharRNN):
+        return functools.partial(training_speed, model, trainer.batches, xp)
+
+    epochs = planned_epochs(tcfg, chars, speed_of(trainer.model))
     # a wider model is slower: only a time that allows many epochs of this one can allow them of it
     if "hidden_size" not in model_options and tcfg.max_time and epochs >= MANY_EPOCHS:
         wide = CharRNN.create(replace(config, hidden_size=WIDE_HIDDEN), seed=tcfg.seed)
-        wide_epochs = planned_epochs(tcfg, chars, functools.partial(training_speed, wide, trainer.batches))
+        wide_epochs = planned_epochs(tcfg, chars, speed_of(wide))
         width, why["hidden_size"] = model_width(wide_epochs, wide.num_params(), chars)
         if width == WIDE_HIDDEN:
             config, epochs = wide.config, wide_epochs
@@ -164,10 +181,11 @@ def budget_choices(trainer: Trainer, model_options: dict) -> tuple[ModelConfig, 
     return config, why
 
 
-def training_speed(model: CharRNN, batches: Batches, steps: int = 3) -> float:
-    """Training chars/s of this model in one process, from its fastest of a few steps on the
-    first window after a warm-up step (the fastest: other work on the machine only slows a step
-    down). The weights are left as they are."""
+def training_speed(model: CharRNN, batches: Batches, xp=np, steps: int = 3) -> float:
+    """Training chars/s of this model in one process on xp's device, from its fastest of a few
+    steps on the first window after a warm-up step (the fastest: other work on the machine only
+    slows a step down). The model's weights are left as and where they are."""
+    model = CharRNN(model.config, to_device(model.params, xp))
     x, y = batches.window(0)
     model.loss_and_grads(x, y)
     fastest = math.inf
@@ -183,7 +201,7 @@ def summary_line(trainer: Trainer) -> str:
     cfg = m.config
     return (
         f"corpus {', '.join(c.names)}: {c.num_chars:,} chars ({len(trainer.train_ids):,} train, "
-        f"{len(trainer.val_ids):,} validation), vocabulary {len(c.vocab)}; model {cfg.cell} "
+        f"{len(trainer.validation):,} validation), vocabulary {len(c.vocab)}; model {cfg.cell} "
         f"{cfg.num_layers}x{cfg.hidden_size}"
         + (f" ({trainer.chosen['hidden_size']})" if "hidden_size" in trainer.chosen else "")
         + f", {m.num_params():,} parameters, dropout {cfg.dropout:g}"
@@ -191,8 +209,10 @@ def summary_line(trainer: Trainer) -> str:
         + f"; batch {t.batch_size} x "
         f"seq {t.seq_len}"
         + (f" ({trainer.chosen['seq_len']})" if "seq_len" in trainer.chosen else "")
-        + f", {trainer.batches.windows_per_epoch:,} steps/epoch; validation every "
-        f"{t.eval_every:,} steps on {trainer.eval_coverage()}"
+        + f", {trainer.batches.windows_per_epoch:,} steps/epoch"
+        + (f", up to {t.epochs:g} epochs ({trainer.chosen['epochs']})" if "epochs" in trainer.chosen else "")
+        + "; validation every "
+        f"{t.eval_every:,} steps on {trainer.validation.coverage()}"
         + (f", {trainer.workers()} worker processes" if trainer.workers() > 1 else "")
         + f"; device {device_label(m.xp)}"
         + f"; saving to {trainer.out_dir}"

@@ -31,13 +31,14 @@ from tqdm import tqdm
 from .backend import to_device
 from .checkpoint import Checkpoint
 from .config import ModelConfig, TrainConfig
-from .data import Batches, Corpus, eval_targets, sampled_eval_windows, split_train_val
+from .data import Batches, Corpus, split_train_val
 from .errors import CharRNNError, CheckpointError
 from .functional import bits_per_char
 from .model import CharRNN
 from .optim import Adam, LRSchedule, clip_grad_norm
 from .parallel import parallel_or_model, resolve_workers
 from .rundir import BEST, LAST, RunDir
+from .validation import Validation
 
 # Stopping rules after which the last weights are evaluated (a signal asks for a quick exit).
 FINAL_EVAL_REASONS = ("max_steps", "epochs", "max_time")
@@ -76,23 +77,6 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def evaluate(
-    model: CharRNN, ids: np.ndarray, seq_len: int, max_streams: int, runner=None, budget: int = 0
-) -> float:
-    """Mean validation loss in nats/char with its own zero state: the training state is never
-    touched (torch-rnn #38). budget: score a fixed sample of about that many characters (see
-    data.sampled_eval_windows; 0: all). `runner` (the training's DataParallel) computes the
-    windows of max_streams rows."""
-    total, count, state = 0.0, 0, None
-    for x, y in sampled_eval_windows(ids, seq_len, max_streams, budget):
-        if state is not None and state[0][0].shape[0] != x.shape[0]:
-            state = None
-        nats, state = (runner if runner is not None and len(x) == max_streams else model).nll(x, y, state)
-        total += float(nats.sum())
-        count += nats.size
-    return total / count if count else math.nan
-
-
 def train_step(runner, params: dict, adam: Adam, x, y, state, lr: float, grad_clip: float, rng=None):
     """One Adam update of params (in place) from one window: x, y (N, T) ids, state the carried
     hidden state, runner the model or its worker processes -> (loss, gradient norm before
@@ -105,6 +89,45 @@ def train_step(runner, params: dict, adam: Adam, x, y, state, lr: float, grad_cl
     return loss, norm, state
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The stopping rules of a run: --max-steps, --epochs, --max-time (this invocation's time)
+    and early stopping after `patience` evaluations without a new best."""
+
+    tcfg: TrainConfig
+    windows_per_epoch: int
+
+    def reason(self, progress: dict, elapsed: float) -> str | None:
+        t, p = self.tcfg, progress
+        if t.max_steps and p["step"] >= t.max_steps:
+            return "max_steps"
+        if t.epochs and p["window"] >= t.epochs * self.windows_per_epoch:
+            return "epochs"
+        if t.max_time and elapsed >= t.max_time:
+            return "max_time"
+        if t.patience and p["stale_evals"] >= t.patience:
+            return "early_stop"
+        return None
+
+    def spent(self, progress: dict, elapsed: float) -> float:
+        """The fraction of the run's bound already spent: steps, epochs or time, whichever is
+        furthest along (0 for an unbounded run)."""
+        t, p = self.tcfg, progress
+        fractions = [0.0]
+        if t.max_steps:
+            fractions.append(p["step"] / t.max_steps)
+        if t.epochs:
+            fractions.append(p["window"] / (t.epochs * self.windows_per_epoch))
+        if t.max_time:
+            fractions.append(elapsed / t.max_time)
+        return max(fractions)
+
+    def total_steps(self) -> int | None:
+        """The progress bar's length: --max-steps, else the steps of --epochs (None: unbounded)."""
+        t = self.tcfg
+        return t.max_steps or (int(math.ceil(t.epochs * self.windows_per_epoch)) if t.epochs else None)
+
+
 class Trainer:
     """Holds one run's state; `run()` trains until a stopping rule fires."""
 
@@ -113,8 +136,10 @@ class Trainer:
     ):
         self.corpus, self.model, self.tcfg = corpus, model, tcfg
         self.run_dir = RunDir(out_dir)
-        self.train_ids, self.val_ids = split_train_val(corpus.ids, tcfg.val_frac)
+        self.train_ids, val_ids = split_train_val(corpus.ids, tcfg.val_frac)
         self.batches = Batches(self.train_ids, tcfg.batch_size, tcfg.seq_len)
+        self.validation = Validation(val_ids, tcfg.seq_len, tcfg.batch_size, tcfg.eval_chars)
+        self.bounds = Bounds(tcfg, self.batches.windows_per_epoch)
         self.adam = Adam(model.params, tcfg.beta1, tcfg.beta2, tcfg.eps)
         self.schedule = LRSchedule(
             tcfg.lr,
@@ -204,29 +229,10 @@ class Trainer:
         return resolve_workers(self.tcfg.workers, self.tcfg.batch_size)
 
     def stop_reason(self, started: float) -> str | None:
-        t, p = self.tcfg, self.progress
-        if t.max_steps and p["step"] >= t.max_steps:
-            return "max_steps"
-        if t.epochs and p["window"] >= t.epochs * self.batches.windows_per_epoch:
-            return "epochs"
-        if t.max_time and time.monotonic() - started >= t.max_time:
-            return "max_time"
-        if t.patience and p["stale_evals"] >= t.patience:
-            return "early_stop"
-        return self.stop_requested
+        return self.bounds.reason(self.progress, time.monotonic() - started) or self.stop_requested
 
     def spent(self, started: float) -> float:
-        """The fraction of the run's bound already spent: steps, epochs or this invocation's
-        time, whichever is furthest along (0 for an unbounded run)."""
-        t, p = self.tcfg, self.progress
-        fractions = [0.0]
-        if t.max_steps:
-            fractions.append(p["step"] / t.max_steps)
-        if t.epochs:
-            fractions.append(p["window"] / (t.epochs * self.batches.windows_per_epoch))
-        if t.max_time:
-            fractions.append((time.monotonic() - started) / t.max_time)
-        return max(fractions)
+        return self.bounds.spent(self.progress, time.monotonic() - started)
 
     def agree(self, reason: str | None) -> str | None:
         """Why every process of the run stops before the next step (one process here; the ranks
@@ -238,12 +244,9 @@ class Trainer:
         chars_per_step = t.batch_size * t.seq_len
         started = time.monotonic()
         elapsed_before = p["elapsed"]
-        total = t.max_steps or (
-            int(math.ceil(t.epochs * self.batches.windows_per_epoch)) if t.epochs else None
-        )
         self.last_eval_time = started
         bar = tqdm(
-            total=total,
+            total=self.bounds.total_steps(),
             initial=p["step"],
             file=sys.stderr,
             disable=show_progress is False or None,
@@ -290,18 +293,7 @@ class Trainer:
         return RunResult(self.out_dir, p["step"], p["best_val"], p["best_step"], reason, stop.signum, last)
 
     def val_loss(self) -> float:
-        if not len(self.val_ids):
-            return math.nan
-        t = self.tcfg
-        return evaluate(self.model, self.val_ids, t.seq_len, t.batch_size, self.runner, t.eval_chars)
-
-    def eval_coverage(self) -> str:
-        """What an evaluation scores, e.g. "100,000 of 30,000,000 validation chars (0.3%)"."""
-        n = len(self.val_ids)
-        used = eval_targets(n, self.tcfg.seq_len, self.tcfg.batch_size, self.tcfg.eval_chars)
-        if used >= n - 1:
-            return f"all {used:,} validation chars"
-        return f"{used:,} of {n:,} validation chars ({used / n:.1%}, fixed sample)"
+        return self.validation.loss(self.model, self.runner)
 
     def scheduled_eval(self, train_loss: float, lr: float, norm: float, chars: int, bar) -> dict:
         p = self.progress
@@ -309,7 +301,7 @@ class Trainer:
         val = self.val_loss()
         # without validation data the training loss stands in, so best.npz still means something;
         # with it, a NaN (a failed evaluation) stays NaN, and NaN is never a new best
-        score = val if len(self.val_ids) else train_loss
+        score = val if len(self.validation) else train_loss
         improved = score < self.schedule.best
         p["stale_evals"] = 0 if improved else p["stale_evals"] + 1
         if self.schedule.observe(score):

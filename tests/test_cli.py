@@ -95,7 +95,7 @@ def test_dropout_follows_the_budget_and_says_why(corpus, tmp_path, budget, dropo
 )
 def test_the_width_follows_the_time_budget_and_says_why(tmp_path, monkeypatch, speed, width, said):
     # the chars/s of the start-up's timed steps decide how many epochs --max-time allows
-    monkeypatch.setattr("charrnn.prepare.training_speed", lambda model, batches: speed)
+    monkeypatch.setattr("charrnn.prepare.training_speed", lambda model, batches, xp: speed)
     text = tmp_path / "words.txt"
     text.write_text(make_text(20_000), encoding="utf-8")  # 700 k chars: not small for a 1x512
     args = ["--layers", "1", "--batch-size", "2", "--seq-len", "8", "--max-time", "1s", "-q"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from charrnn.config import WIDE_HIDDEN, ModelConfig, TrainConfig
+from charrnn.config import SMALL_TEXT_EVAL_EVERY, SMALL_TEXT_STEPS, WIDE_HIDDEN, ModelConfig, TrainConfig
 from charrnn.defaults import (
     BLOCK_CHARS,
     LONG_RUN_DROPOUT,
@@ -19,6 +19,8 @@ from charrnn.defaults import (
     planned_epochs,
     window_length,
 )
+from charrnn.prepare import prepare_run, summary_line
+from charrnn.text import TextPolicy
 from charrnn.vocab import Vocab
 
 
@@ -87,9 +89,19 @@ def test_dropout_only_for_runs_that_go_over_their_text_many_times():
 
 
 def test_a_time_or_step_budget_lifts_the_epoch_bound():
-    assert epoch_bound({}) == TrainConfig.epochs
-    assert epoch_bound({"max_time": 1200.0}) == 0  # `--max-time 20m` trains for 20 minutes
-    assert epoch_bound({"max_steps": 5000, "max_time": 0.0}) == 0
+    tiny_shakespeare = 627  # steps an epoch
+    assert epoch_bound({}, tiny_shakespeare) == (TrainConfig.epochs, TrainConfig.eval_every, None)
+    assert epoch_bound({"max_time": 1200.0}, 8)[0] == 0  # `--max-time 20m` trains for 20 minutes
+    assert epoch_bound({"max_steps": 5000, "max_time": 0.0}, 8)[0] == 0
+
+
+def test_a_small_text_gets_the_epochs_of_enough_steps_and_evaluations_to_stop_them_early():
+    epochs, eval_every, why = epoch_bound({}, 8)  # 28 k chars in windows of 32 x 100
+    assert epochs * 8 >= SMALL_TEXT_STEPS > (epochs - 1) * 8
+    assert eval_every == SMALL_TEXT_EVAL_EVERY < TrainConfig.eval_every
+    assert why == f"{SMALL_TEXT_STEPS:,} steps on a text this small"
+    assert epoch_bound({"eval_every": 7}, 8)[1] == 7  # what the user asks for stays
+    assert epoch_bound({}, SMALL_TEXT_STEPS // TrainConfig.epochs)[0] == TrainConfig.epochs
 
 
 def test_a_long_time_budget_widens_the_model_unless_the_text_is_small_for_it():
@@ -98,3 +110,32 @@ def test_a_long_time_budget_widens_the_model_unless_the_text_is_small_for_it():
     assert model_width(1.1, 2_496_577, 1_003_855)[0] == ModelConfig.hidden_size  # 3 minutes
     small = model_width(60.0, 2_496_577, 28_000)
     assert small == (ModelConfig.hidden_size, "a 512 would be large for this text")
+
+
+def test_a_small_text_run_says_its_epoch_bound_and_keeps_it(tmp_path):
+    corpus = tmp_path / "small.txt"
+    corpus.write_text(lines_of([30] * 300), encoding="utf-8")  # 9,300 chars: 10 windows of 16 x 50 an epoch
+    model = {"hidden_size": 8, "num_layers": 1}
+    trainer = prepare_run([corpus], model, {"batch_size": 16}, TextPolicy(), tmp_path / "run")
+    assert trainer.batches.windows_per_epoch == 10
+    assert trainer.tcfg.epochs == SMALL_TEXT_STEPS / 10
+    assert trainer.tcfg.eval_every == SMALL_TEXT_EVAL_EVERY
+    assert f"up to 200 epochs ({SMALL_TEXT_STEPS:,} steps on a text this small)" in summary_line(trainer)
+    given = prepare_run([corpus], model, {"batch_size": 16, "epochs": 3.0}, TextPolicy(), tmp_path / "run")
+    assert (given.tcfg.epochs, given.tcfg.eval_every) == (3.0, TrainConfig.eval_every)
+    assert "up to" not in summary_line(given)
+
+
+def test_the_budget_is_timed_on_the_device_the_run_will_train_on(tmp_path, monkeypatch):
+    timed_on = []
+    monkeypatch.setattr(
+        "charrnn.prepare.training_speed", lambda model, batches, xp: timed_on.append(xp) or 1e9
+    )
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(lines_of([30] * 3000), encoding="utf-8")
+    device = object()  # stands for cupy: the Trainer is built on the host and timed there only by xp
+    trainer = prepare_run(
+        [corpus], {"num_layers": 1}, {"max_time": 60.0}, TextPolicy(), tmp_path / "run", xp=device
+    )
+    assert timed_on == [device, device]  # the 256, then the 512 the time allows
+    assert trainer.model.config.hidden_size == WIDE_HIDDEN

@@ -31,10 +31,12 @@ from charrnn import model as model_module
 from charrnn.backend import array_module, resolve_device, to_device, to_host, uniform
 from charrnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from charrnn.config import ModelConfig
+from charrnn.data import Batches
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, onehot_scatter_add_rows, scatter_add_rows
 from charrnn.optim import Adam, clip_grad_norm
 from charrnn.parallel import parallel_or_model
+from charrnn.prepare import training_speed
 
 INSTALL = "pip install -e '.[gpu]'"
 
@@ -376,6 +378,13 @@ def test_gpu_scatter_add_clip_adam_and_dropout(cp):
     assert bool((a == b).all()) and float(a.min()) >= 0.0 and float(a.max()) < 1.0
     assert abs(float(a.mean()) - 0.5) < 0.01
     assert not bool((a == uniform(np.random.default_rng(5), (200, 300), cp)).all())
+
+
+def test_the_budget_is_timed_on_the_gpu_and_leaves_the_weights_on_the_host(cp):
+    model = make_model(cell="gru", dtype=np.float32)
+    batches = Batches(random_ids(4_000, seed=2), 8, 16)
+    assert training_speed(model, batches, cp) > 0
+    assert all(type(p) is np.ndarray for p in model.params.values())
 
 
 def test_gpu_trained_checkpoint_samples_and_scores_on_the_cpu(cp, corpus, tmp_path):

@@ -20,7 +20,7 @@ from charrnn.parallel import (
     split_rows,
 )
 from charrnn.scoring import PARALLEL_MIN_CHARS, score_ids
-from charrnn.trainer import evaluate
+from charrnn.validation import evaluate
 
 N, T, V = 9, 7, 20
 start = DataParallel._start

@@ -34,7 +34,7 @@ from charrnn.errors import CharRNNError
 from charrnn.prepare import prepare_run
 from charrnn.rundir import KEPT_IDS
 from charrnn.text import TextPolicy
-from charrnn.trainer import evaluate
+from charrnn.validation import evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 
