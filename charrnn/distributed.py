@@ -39,7 +39,7 @@ import numpy as np
 from .errors import CharRNNError
 from .mpienv import launched_rank, launched_size
 from .parallel import _flatten, _nest, split_rows
-from .prepare import prepare_run
+from .prepare import TIMED_CHOICES, prepare_run
 from .rundir import RunDir
 from .trainer import Trainer
 
@@ -123,7 +123,8 @@ def prepare_job(*args, **kwargs) -> Trainer:
     if _world is None:
         return prepare_run(*args, **kwargs)
     trainer = everywhere(prepare_run, *args, **kwargs)
-    if trainer.chosen:  # each rank timed its own steps for the budget's choices: rank 0's hold for all
+    # each rank timed its own steps for the budget's choices: rank 0's hold for all
+    if trainer.chosen.keys() & set(TIMED_CHOICES):
         trainer.choose(*_world.bcast((trainer.model.config, trainer.chosen), root=0))
     # different arguments or files on one machine would silently train another model there
     setup = {"corpus": trainer.corpus.fingerprint, "model": trainer.model.config, "options": trainer.tcfg}

@@ -157,6 +157,10 @@ def prepare_run(
     return trainer
 
 
+# the options budget_choices decides from timed steps (the others follow from the text alone)
+TIMED_CHOICES = ("hidden_size", "dropout")
+
+
 def budget_choices(trainer: Trainer, model_options: dict, xp=np) -> tuple[ModelConfig, dict[str, str]]:
     """The model config a new run's budget decides where model_options leave it open (its width
     under --max-time, then its dropout), and why, from the speed of a few steps timed on xp's

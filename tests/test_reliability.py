@@ -31,7 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charrnn import rundir
-from charrnn import trainer as trainer_module
+from charrnn import validation as validation_module
 from charrnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from charrnn.cli import main
 from charrnn.config import ModelConfig
@@ -404,7 +404,7 @@ def test_best_survives_a_worse_resumed_validation(corpus, tmp_path, monkeypatch)
     out = tmp_path / "run"
     first = train_in_process(corpus, out, 6)
     best = (out / "best.npz").read_bytes()
-    monkeypatch.setattr(trainer_module, "evaluate", lambda *a, **k: first.best_val + 1.0)
+    monkeypatch.setattr(validation_module, "evaluate", lambda *a, **k: first.best_val + 1.0)
     resumed = train_in_process(corpus, out, 12, resume=True)
     assert (out / "best.npz").read_bytes() == best
     assert (resumed.best_step, resumed.best_val) == (first.best_step, first.best_val)
@@ -417,7 +417,7 @@ def test_nan_validation_never_becomes_best(corpus, tmp_path, monkeypatch):
     first = train_in_process(corpus, out, 4)
     best = (out / "best.npz").read_bytes()
     # validation data exists, so a NaN is a failed evaluation: the training loss must not stand in
-    monkeypatch.setattr(trainer_module, "evaluate", lambda *a, **k: math.nan)
+    monkeypatch.setattr(validation_module, "evaluate", lambda *a, **k: math.nan)
     resumed = train_in_process(corpus, out, 8, resume=True)
     assert (resumed.best_step, resumed.best_val) == (first.best_step, first.best_val)
     assert (out / "best.npz").read_bytes() == best
