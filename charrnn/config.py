@@ -27,7 +27,7 @@ LONG_LINE = 64  # a 99th-percentile line longer than this no longer fits a short
 WIDE_HIDDEN = 512  # the width of a run whose --max-time allows many epochs of it (defaults.py)
 # a run without a budget on a text too small for this many steps in 20 epochs gets more
 # epochs and evaluations this often (defaults.epoch_bound)
-SMALL_TEXT_STEPS, SMALL_TEXT_EVAL_EVERY = 2_000, 100
+SMALL_TEXT_STEPS, SMALL_TEXT_EVAL_EVERY = 600, 100
 
 
 def default_embedding_size(vocab_size: int) -> int:
