@@ -58,7 +58,8 @@ WORKERS = click.option(
     "--workers", type=click.IntRange(0, 1024), default=TrainConfig.workers,
     callback=one_process_per_rank,
     help="Processes sharing the streams, one BLAS thread each (0: one per CPU core, at most one "
-    "per 8 streams; 1: none). Scoring uses them for texts of 100,000 characters or more.",
+    "per 8 streams; 1: none, the one process keeps NumPy's BLAS threads). Scoring uses them for "
+    "texts of 100,000 characters or more.",
 )  # fmt: skip
 
 DEVICE = click.option(

@@ -404,8 +404,8 @@ class Batches:
             raise ValueError(f"batch_size and seq_len must be positive ({batch_size}, {seq_len} given)")
         n = len(ids)
         self.batch_size, self.seq_len = batch_size, seq_len
-        self.stream_len = (n - 1) // batch_size if n else 0
-        self.windows_per_epoch = epoch_windows(n, batch_size, seq_len)
+        self.stream_len = stream_length(n, batch_size)
+        self.windows_per_epoch = self.stream_len // seq_len
         if self.windows_per_epoch == 0:
             raise CharRNNError(_too_short(n, batch_size, seq_len))
         used = batch_size * self.stream_len
@@ -420,9 +420,14 @@ class Batches:
         return self._x[:, cols].astype(np.int64), self._y[:, cols].astype(np.int64)
 
 
+def stream_length(num_ids: int, batch_size: int) -> int:
+    """Characters in each of Batches' batch_size streams over num_ids ids."""
+    return (num_ids - 1) // batch_size if num_ids else 0
+
+
 def epoch_windows(num_ids: int, batch_size: int, seq_len: int) -> int:
     """Steps in one epoch of Batches over num_ids ids (0: too few for one window)."""
-    return ((num_ids - 1) // batch_size if num_ids else 0) // seq_len
+    return stream_length(num_ids, batch_size) // seq_len
 
 
 def _too_short(n: int, batch_size: int, seq_len: int) -> str:

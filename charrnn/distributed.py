@@ -32,6 +32,7 @@ import atexit
 import os
 import signal
 import sys
+import time
 
 import click
 import numpy as np
@@ -45,6 +46,9 @@ from .trainer import Trainer
 
 INSTALL = "pip install -e '.[mpi]'"
 CHECK_EVERY = 100  # steps between weight checksums
+# a usage error on a rank other than 0 waits this long before it aborts the job: rank 0 parses
+# the same arguments and usually meets it too, and its whole report must be out first
+USAGE_ERROR_GRACE_S = 2.0
 # every reason a run stops for, in the order that wins when ranks disagree
 STOP_REASONS = ("max_steps", "epochs", "early_stop", "max_time", "SIGINT", "SIGTERM")
 
@@ -97,6 +101,8 @@ def job(command, ctx):
         raise
     except BaseException as e:
         # a usage error too: another rank may not meet it (its own arguments or files)
+        if isinstance(e, click.UsageError) and _world.rank:
+            time.sleep(USAGE_ERROR_GRACE_S)
         sys.stdout, sys.stderr = _streams
         # after the CLI has reported it, before mpi4py's exit handler would wait for the others
         atexit.register(_world.Abort, getattr(e, "exit_code", 1))
