@@ -29,6 +29,7 @@ mpi4py is imported only when an MPI launcher (mpiexec, srun) started this proces
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import sys
@@ -46,9 +47,9 @@ from .trainer import Trainer
 
 INSTALL = "pip install -e '.[mpi]'"
 CHECK_EVERY = 100  # steps between weight checksums
-# a usage error on a rank other than 0 waits this long before it aborts the job: rank 0 parses
-# the same arguments and usually meets it too, and its whole report must be out first
-USAGE_ERROR_GRACE_S = 2.0
+# a failing rank waits this long between its report and MPI_Abort: the abort tears the job down
+# at once, and the launcher drops what it has not yet forwarded of every rank's output
+ABORT_GRACE_S = 1.0
 # every reason a run stops for, in the order that wins when ranks disagree
 STOP_REASONS = ("max_steps", "epochs", "early_stop", "max_time", "SIGINT", "SIGTERM")
 
@@ -101,14 +102,21 @@ def job(command, ctx):
         raise
     except BaseException as e:
         # a usage error too: another rank may not meet it (its own arguments or files)
-        if isinstance(e, click.UsageError) and _world.rank:
-            time.sleep(USAGE_ERROR_GRACE_S)
         sys.stdout, sys.stderr = _streams
         # after the CLI has reported it, before mpi4py's exit handler would wait for the others
-        atexit.register(_world.Abort, getattr(e, "exit_code", 1))
+        atexit.register(_abort, getattr(e, "exit_code", 1))
         if isinstance(e, CharRNNError) and _world.rank:
             raise CharRNNError(f"rank {_world.rank}: {e}") from None
         raise
+
+
+def _abort(status: int) -> None:
+    """MPI_Abort the job once this rank's report has had time to reach the launcher."""
+    with contextlib.suppress(OSError, ValueError):  # a reader that has gone, a closed stream
+        sys.stdout.flush()
+        sys.stderr.flush()
+    time.sleep(ABORT_GRACE_S)
+    _world.Abort(status)
 
 
 def everywhere(fn, *args, **kwargs):
