@@ -19,25 +19,23 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from .backend import to_device
 from .checkpoint import Checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import Batches, Corpus, split_train_val
 from .errors import CharRNNError, CheckpointError
-from .functional import bits_per_char
 from .model import CharRNN
 from .optim import Adam, LRSchedule, clip_grad_norm
 from .parallel import parallel_or_model, resolve_workers
 from .rundir import BEST, LAST, RunDir
+from .runlog import RunLog
 from .validation import Validation
 
 # Stopping rules after which the last weights are evaluated (a signal asks for a quick exit).
@@ -152,7 +150,6 @@ class Trainer:
         self.rng = np.random.default_rng(tcfg.seed)
         self.state = None
         self.runner = model  # what computes steps: the model, or worker processes during run()
-        self.last_eval_time: float | None = None
         # called with each scheduled evaluation's record; a true result stops the run (tuning's pruner)
         self.on_eval: Callable[[dict], bool] | None = None
         self.stop_requested: str | None = None
@@ -244,20 +241,11 @@ class Trainer:
         chars_per_step = t.batch_size * t.seq_len
         started = time.monotonic()
         elapsed_before = p["elapsed"]
-        self.last_eval_time = started
-        bar = tqdm(
-            total=self.bounds.total_steps(),
-            initial=p["step"],
-            file=sys.stderr,
-            disable=show_progress is False or None,
-            unit="step",
-            dynamic_ncols=True,
-            leave=True,
-        )
-        loss_sum, loss_n, norm, last = 0.0, 0, 0.0, {}
-        reason = None
+        total = self.bounds.total_steps()
+        log = RunLog(self.run_dir, self.batches.windows_per_epoch, total, p["step"], show_progress)
+        loss_sum, loss_n, last = 0.0, 0, {}
         workers = parallel_or_model(model, t.batch_size, t.seq_len, self.workers())
-        with _StopFlag() as stop, bar, workers as self.runner:
+        with _StopFlag() as stop, log, workers as self.runner:
             while True:
                 reason = self.stop_reason(started) or (stop.signum and signal.Signals(stop.signum).name)
                 reason = self.agree(reason)
@@ -278,16 +266,14 @@ class Trainer:
                 self.state = None if p["window"] % self.batches.windows_per_epoch == 0 else state
                 p["elapsed"] = elapsed_before + time.monotonic() - started
                 loss_sum, loss_n = loss_sum + loss, loss_n + 1
-                bar.update(1)
+                log.step(loss)
                 if p["step"] % t.eval_every == 0:
-                    last = self.scheduled_eval(loss_sum / loss_n, lr, norm, chars_per_step * loss_n, bar)
+                    last = self.scheduled_eval(loss_sum / loss_n, lr, norm, chars_per_step * loss_n, log)
                     loss_sum, loss_n = 0.0, 0
-                else:
-                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
                 if t.save_every and p["step"] % t.save_every == 0:
                     self.save(LAST)
             if reason in FINAL_EVAL_REASONS and p["step"] % t.eval_every or not self.run_dir.has_best():
-                self.final_eval(bar)
+                self.final_eval(log)
             self.save(LAST)
         self.runner = model
         return RunResult(self.out_dir, p["step"], p["best_val"], p["best_step"], reason, stop.signum, last)
@@ -295,67 +281,37 @@ class Trainer:
     def val_loss(self) -> float:
         return self.validation.loss(self.model, self.runner)
 
-    def scheduled_eval(self, train_loss: float, lr: float, norm: float, chars: int, bar) -> dict:
+    def scheduled_eval(self, train_loss: float, lr: float, norm: float, chars: int, log: RunLog) -> dict:
+        """The evaluation every eval_every steps: it feeds the learning-rate schedule, early
+        stopping, best.npz and tuning's pruner -> its metrics record."""
         p = self.progress
-        speed = chars / (time.monotonic() - self.last_eval_time)
+        speed = log.chars_per_sec(chars)
         val = self.val_loss()
         # without validation data the training loss stands in, so best.npz still means something;
         # with it, a NaN (a failed evaluation) stays NaN, and NaN is never a new best
         score = val if len(self.validation) else train_loss
-        improved = score < self.schedule.best
-        p["stale_evals"] = 0 if improved else p["stale_evals"] + 1
+        p["stale_evals"] = 0 if score < self.schedule.best else p["stale_evals"] + 1
         if self.schedule.observe(score):
-            bar.write(
+            log.note(
                 f"step {p['step']}: no improvement for {self.tcfg.plateau_patience} evaluations, "
-                f"learning rate now {self.schedule.lr(p['step']):.2e}",
-                file=sys.stderr,
+                f"learning rate now {self.schedule.lr(p['step']):.2e}"
             )
         if score < p["best_val"]:
             p["best_val"], p["best_step"] = score, p["step"]
             self.save(BEST)
-        record = {
-            "step": p["step"],
-            "epoch": round(p["window"] / self.batches.windows_per_epoch, 4),
-            "train_loss": train_loss,
-            "val_loss": None if math.isnan(val) else val,
-            "val_bpc": None if math.isnan(val) else bits_per_char(val),
-            "lr": lr,
-            "grad_norm": norm,
-            "chars_per_sec": round(speed, 1),
-            "elapsed": round(p["elapsed"], 2),
-        }
-        self.run_dir.log_metrics(record)
-        bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{score:.3f}", refresh=False)
-        bar.write(
-            f"step {p['step']}  epoch {record['epoch']:.2f}  train {train_loss:.4f}  "
-            + (f"val {val:.4f} ({bits_per_char(val):.3f} bits/char)  " if not math.isnan(val) else "")
-            + f"{speed:,.0f} chars/s",
-            file=sys.stderr,
-        )
-        self.last_eval_time = time.monotonic()
+        record = log.evaluation(p, train_loss, val, score, lr=lr, norm=norm, speed=speed)
         if self.on_eval is not None and self.on_eval(record):
             self.stop_requested = "pruned"
         return record
 
-    def final_eval(self, bar) -> None:
+    def final_eval(self, log: RunLog) -> None:
         """Evaluate the weights a run ends with, so that best.npz holds them when they are the
         best (and exists at all after a run shorter than one evaluation period). It feeds
         neither the schedule nor early stopping: a run stopped here and resumed must follow
         the same path as one never stopped."""
         p = self.progress
         val = self.val_loss()
-        if not math.isnan(val):
-            bar.write(
-                f"step {p['step']}  final val {val:.4f} ({bits_per_char(val):.3f} bits/char)", file=sys.stderr
-            )
-            self.run_dir.log_metrics(
-                {
-                    "step": p["step"],
-                    "val_loss": val,
-                    "val_bpc": bits_per_char(val),
-                    "elapsed": round(p["elapsed"], 2),
-                }
-            )
+        log.final(p, val)
         if val < p["best_val"] or not self.run_dir.has_best():
             if not math.isnan(val):
                 p["best_val"], p["best_step"] = val, p["step"]
