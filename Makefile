@@ -64,8 +64,8 @@ corpora/tinyshakespeare.txt:  ## download the standard 1.1 MB benchmark corpus
 demo: install corpora/python-stdlib.txt  ## train on Python's own source for a few minutes, then sample and score (about 5 minutes)
 	$(VENV)/bin/charrnn train corpora/python-stdlib.txt -o checkpoints/demo --max-time $(DEMO_TIME) \
 	  --eval-every 200 --save-every 200
-	@echo; echo "=== charrnn sample -c checkpoints/demo -n 700 -t 0.7 --seed 1 --prime 'def ' --repeat-penalty 1.2"
-	$(VENV)/bin/charrnn sample -c checkpoints/demo -n 700 -t 0.7 --seed 1 --prime "def " --repeat-penalty 1.2
+	@echo; echo "=== charrnn sample -c checkpoints/demo -n 700 -t 0.7 --seed 1 --prime 'def ' --dry-multiplier 0.8"
+	$(VENV)/bin/charrnn sample -c checkpoints/demo -n 700 -t 0.7 --seed 1 --prime "def " --dry-multiplier 0.8
 	@echo; echo "=== charrnn score: held-out Python (never trained on) vs this README (English prose)"
 	$(VENV)/bin/charrnn score -c checkpoints/demo corpora/python-heldout.txt README.md --unknown skip
 	@echo; echo "Checkpoints are in checkpoints/demo/ (best.npz, last.npz, metrics.jsonl)."

@@ -81,6 +81,10 @@ class Model:
         stop: str = "",
         repeat_penalty: float = SampleOptions.repeat_penalty,
         repeat_window: int = SampleOptions.repeat_window,
+        dry_multiplier: float = SampleOptions.dry_multiplier,
+        dry_base: float = SampleOptions.dry_base,
+        dry_allowed_length: int = SampleOptions.dry_allowed_length,
+        dry_window: int = SampleOptions.dry_window,
         unknown: str = "error",
     ) -> Iterator[str]:
         """Yield a sample piece by piece as it is made: the prime first, then one character at a
@@ -88,7 +92,9 @@ class Model:
 
         temperature 0 is greedy; top_k 0 and top_p 1 keep every character; the same seed gives
         the same text; repeat_penalty > 1 makes the characters of the last repeat_window less
-        likely (llama.cpp's); unknown="skip" leaves out prime characters the model never saw
+        likely (llama.cpp's); dry_multiplier > 0 turns on llama.cpp's DRY, which stops the text
+        repeating a stretch of dry_allowed_length or more characters of its last dry_window
+        (runs of one character, looping lines); unknown="skip" leaves out prime characters the model never saw
         (else CharRNNError lists them). Bad values raise CharRNNError here, before any work."""
         opts = SampleOptions(
             length=length,
@@ -101,6 +107,10 @@ class Model:
             unknown=unknown,
             repeat_penalty=repeat_penalty,
             repeat_window=repeat_window,
+            dry_multiplier=dry_multiplier,
+            dry_base=dry_base,
+            dry_allowed_length=dry_allowed_length,
+            dry_window=dry_window,
         )
         return (pieces[0] for pieces in self.samples(opts))
 

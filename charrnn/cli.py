@@ -358,45 +358,38 @@ def train(ctx, corpus, output, resume, init_from, unknown, quiet, device, **_):
     default=SampleOptions.repeat_penalty,
     show_default=True,
     help="Make the characters of the last --repeat-window less likely, as llama.cpp's "
-    "--repeat-penalty does (1: off; 1.2 keeps a weak model out of endless runs of spaces).",
+    "--repeat-penalty does (1: off).",
 )
 @click.option(
     "--repeat-window", type=click.IntRange(1, 100_000), default=SampleOptions.repeat_window, show_default=True
 )
+@click.option(
+    "--dry-multiplier",
+    type=FiniteFloat(0, 100),
+    default=SampleOptions.dry_multiplier,
+    show_default=True,
+    help="llama.cpp's DRY: a character that would make the line repeat, within the last --dry-window, "
+    "a stretch of --dry-allowed-length or more characters loses multiplier * base^(excess) from its "
+    "logit (0: off; 0.8 stops endless runs of spaces and looping lines).",
+)
+@click.option("--dry-base", type=FiniteFloat(1, 10), default=SampleOptions.dry_base, show_default=True)
+@click.option(
+    "--dry-allowed-length",
+    type=click.IntRange(1, 100_000),
+    default=SampleOptions.dry_allowed_length,
+    show_default=True,
+)
+@click.option(
+    "--dry-window", type=click.IntRange(1, 100_000), default=SampleOptions.dry_window, show_default=True
+)
 @UNKNOWN
 @DEVICE
-def sample(
-    checkpoint,
-    length,
-    temperature,
-    greedy,
-    top_k,
-    top_p,
-    prime,
-    prime_file,
-    seed,
-    num_samples,
-    stop,
-    repeat_penalty,
-    repeat_window,
-    unknown,
-    device,
-):
+def sample(checkpoint, temperature, greedy, prime, prime_file, num_samples, device, **options):
     """Write new text in the style of the training corpus (streams to stdout)."""
     model = load_model(checkpoint, device)
     if prime_file is not None:
         prime = read_stdin() if str(prime_file) == "-" else model.read_file(prime_file)
-    options = dict(
-        length=length,
-        temperature=0.0 if greedy else temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        stop=stop,
-        repeat_penalty=repeat_penalty,
-        repeat_window=repeat_window,
-        unknown=unknown,
-    )
+    options["temperature"] = 0.0 if greedy else temperature
     if num_samples == 1:
         for piece in model.stream(prime, **options):
             sys.stdout.write(piece)

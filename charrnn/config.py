@@ -140,6 +140,12 @@ class SampleOptions:
     # llama.cpp's repeat_penalty over its last repeat_last_n tokens; 1: off
     repeat_penalty: float = 1.0
     repeat_window: int = 64
+    # llama.cpp's DRY sampler (--dry-multiplier, --dry-base, --dry-allowed-length,
+    # --dry-penalty-last-n) with the newline as its one sequence breaker; 0: off
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 24
+    dry_window: int = 64
 
     def __post_init__(self) -> None:
         for name in ("prime", "stop"):
@@ -149,11 +155,15 @@ class SampleOptions:
         _check_int("top_k", self.top_k, 0)
         _check_int("num_samples", self.num_samples, 1)
         _check_int("repeat_window", self.repeat_window, 1)
+        _check_int("dry_allowed_length", self.dry_allowed_length, 1)
+        _check_int("dry_window", self.dry_window, 1)
         if self.seed is not None:
             _check_int("seed", self.seed, 0, 2**63 - 1)
         _check_float("temperature", self.temperature, lambda x: x >= 0, ">= 0")
         _check_float("top_p", self.top_p, lambda x: 0 < x <= 1, "in (0, 1]")
         _check_float("repeat_penalty", self.repeat_penalty, lambda x: x >= 1, ">= 1")
+        _check_float("dry_multiplier", self.dry_multiplier, lambda x: 0 <= x <= 100, "in [0, 100]")
+        _check_float("dry_base", self.dry_base, lambda x: 1 <= x <= 10, "in [1, 10]")
         if self.unknown not in UNKNOWN_POLICIES:
             raise CharRNNError(f"unknown must be one of {', '.join(UNKNOWN_POLICIES)}, not {self.unknown!r}")
 

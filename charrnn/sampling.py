@@ -1,4 +1,4 @@
-"""Generating text: prime, temperature, top-k, top-p, seeds, stop strings, streaming.
+"""Generating text: prime, temperature, top-k, top-p, repeat penalties, seeds, stop strings, streaming.
 
 The prime text runs through the same whole-sequence forward as training (one call), then each
 new character goes through `CharRNN.step`, which shares its activation code with training.
@@ -81,6 +81,48 @@ def penalize_repeats(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np
     return np.where(seen, np.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
+class RepeatedSequences:
+    """DRY ("don't repeat yourself", llama.cpp's --dry-*) for n streams: for each character,
+    the length of the longest suffix of the text being written that, in the last `window`
+    characters, was followed by that character before. The suffix never reaches back past a
+    newline, so one line may open like earlier ones; what is caught is a line copying itself or
+    another line at length, a run of one character being the shortest such copy.
+
+    match (N, W) holds, for each position j of the window, the length of the common suffix of
+    the text before j and the whole text; appending x extends it where the text at j-1 is x.
+    """
+
+    def __init__(self, n: int, vocab_size: int, window: int, breaker: int, first: np.ndarray):
+        self.vocab_size, self.breaker = vocab_size, breaker
+        self.ids = np.full((n, window), vocab_size, dtype=np.int64)  # vocab_size: empty slot
+        self.match = np.zeros((n, window), dtype=np.int64)
+        for ids in first:
+            self.push(np.broadcast_to(ids, (n,)))
+
+    def push(self, ids: np.ndarray) -> None:
+        match = np.where(self.ids == ids[:, None], self.match + 1, 0)
+        match[ids == self.breaker] = 0
+        # entry j grew into a match for the position after j, which is entry j once the window slides
+        self.match = match
+        self.ids = np.concatenate([self.ids[:, 1:], ids[:, None]], axis=1)
+
+    def lengths(self) -> np.ndarray:
+        """(N, V): the longest earlier match followed by each character (0 when none)."""
+        out = np.zeros((len(self.ids), self.vocab_size + 1), dtype=np.int64)
+        rows = np.broadcast_to(np.arange(len(self.ids))[:, None], self.ids.shape)
+        np.maximum.at(out, (rows, self.ids), self.match)
+        return out[:, :-1]
+
+
+def penalize_sequences(
+    logits: np.ndarray, lengths: np.ndarray, multiplier: float, base: float, allowed: int
+) -> np.ndarray:
+    """DRY's penalty: a character that would extend a repeat of `allowed` or more characters loses
+    multiplier * base ** (length - allowed) from its logit. logits, lengths (N, V) -> (N, V)."""
+    excess = np.minimum(lengths - allowed, 200)  # base ** 200 is past any logit, and finite
+    return np.where(excess >= 0, logits - multiplier * base ** excess.astype(np.float64), logits)
+
+
 def prime_state(model: CharRNN, vocab: Vocab, prime: str, n: int, unknown: str, rng: np.random.Generator):
     """Run the prime through the model for n streams. -> (last input ids (n,), state, prime as used).
 
@@ -116,10 +158,13 @@ def generate(model: CharRNN, vocab: Vocab, opts: SampleOptions) -> Iterator[list
         yield [used] * n
     tails = [""] * n
     done = np.zeros(n, dtype=bool)
-    recent = None
+    written = vocab.encode(used, unknown="skip")[0] if used else ids[None, :]
+    recent = repeats = None
     if opts.repeat_penalty != 1.0:
-        written = vocab.encode(used, unknown="skip")[0][-opts.repeat_window :] if used else [ids]
-        recent = RecentChars(n, len(vocab), opts.repeat_window, written)
+        recent = RecentChars(n, len(vocab), opts.repeat_window, written[-opts.repeat_window :])
+    if opts.dry_multiplier > 0:
+        breaker = vocab.index.get("\n", -1)
+        repeats = RepeatedSequences(n, len(vocab), opts.dry_window, breaker, written[-opts.dry_window :])
     for _ in range(opts.length):
         with np.errstate(over="ignore", invalid="ignore"):
             logits, state = model.step(ids, state)
@@ -131,9 +176,14 @@ def generate(model: CharRNN, vocab: Vocab, opts: SampleOptions) -> Iterator[list
             )
         if recent is not None:
             logits = penalize_repeats(logits, recent.seen(), opts.repeat_penalty)
+        if repeats is not None:
+            logits = penalize_sequences(
+                logits, repeats.lengths(), opts.dry_multiplier, opts.dry_base, opts.dry_allowed_length
+            )
         ids = choose(logits, opts, rng)
-        if recent is not None:
-            recent.push(ids)
+        for memory in (recent, repeats):
+            if memory is not None:
+                memory.push(ids)
         pieces = []
         for k, i in enumerate(ids.tolist()):
             if done[k]:

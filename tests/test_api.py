@@ -85,12 +85,16 @@ def test_load_a_file_or_a_run_directory(run_dir, model):
 
 
 def test_generate_is_the_cli_sample(run_dir, model):
-    text = model.generate("def ", length=120, temperature=0.7, seed=3, repeat_penalty=1.2)
+    dry = {"dry_multiplier": 2.0, "dry_base": 2.0, "dry_allowed_length": 1, "dry_window": 32}
+    text = model.generate("def ", length=120, temperature=0.7, seed=3, repeat_penalty=1.2, **dry)
     options = ["-n", 120, "-t", 0.7, "--seed", 3, "--repeat-penalty", 1.2]
+    options += [f"--{name.replace('_', '-')}={value}" for name, value in dry.items()]
     printed = cli("sample", "-c", run_dir, "-p", "def ", *options)
     assert printed.stdout == text + "\n"
     assert text.startswith("def ") and len(text) == 4 + 120
-    assert text != model.generate("def ", length=120, temperature=0.7, seed=3)  # the penalty acts
+    # each penalty acts
+    assert text != model.generate("def ", length=120, temperature=0.7, seed=3, **dry)
+    assert text != model.generate("def ", length=120, temperature=0.7, seed=3, repeat_penalty=1.2)
     many = model.generate_many(3, "a", length=30, seed=2)
     printed = cli("sample", "-c", run_dir, "-p", "a", "-n", 30, "--seed", 2, "--num-samples", 3)
     assert printed.stdout == "\n\n".join(many) + "\n"
@@ -115,6 +119,8 @@ def test_stream_yields_the_text_as_it_is_made(model):
         ({"top_k": 2.5}, "top_k must be an integer, not float"),
         ({"seed": True}, "seed must be an integer, not bool"),
         ({"repeat_penalty": 0.5}, "repeat_penalty must be a finite number >= 1"),
+        ({"dry_base": 0.5}, r"dry_base must be a finite number in \[1, 10\], not 0.5"),
+        ({"dry_allowed_length": 0}, "dry_allowed_length must be >= 1, not 0"),
         ({"unknown": "drop"}, "unknown must be one of error, skip"),
     ],
 )

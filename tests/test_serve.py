@@ -108,6 +108,7 @@ def test_sample_is_the_api_generate(client, model):
     many = client.post("/v1/sample", json={"prime": "two", "length": 40, "seed": 1, "num_samples": 3}).json()
     assert many["samples"] == model.generate_many(3, "two", length=40, seed=1)
     penalised = {"length": 60, "seed": 2, "repeat_penalty": 1.5, "repeat_window": 8, "stop": "\n"}
+    penalised |= {"dry_multiplier": 1.0, "dry_allowed_length": 2, "dry_window": 16}
     assert client.post("/v1/sample", json=penalised).json()["text"] == model.generate(**penalised)
 
 
