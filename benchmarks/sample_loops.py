@@ -1,12 +1,13 @@
 """Does a model's sample get stuck? The longest run of one repeated character per seed.
 
-Issue 17's check for `make demo`: sample each seed at the demo's settings and count the
+Issue 17's check for `make demo`: sample each seed at the demo's length, temperature and prime
+(`-n 700 -t 0.7 --prime "def "`; add its DRY sampler with `-- --dry-multiplier 0.8`) and count the
 samples holding a run of --limit or more identical characters (a model looping on
 indentation or a comment banner), beside the rate at which the training text itself holds
 such a run in a window of the same length (a faithful model writes them that often):
 
     python benchmarks/sample_loops.py checkpoints/demo --corpus corpora/python-stdlib.txt
-    python benchmarks/sample_loops.py checkpoints/demo -- --temperature 1.0
+    python benchmarks/sample_loops.py checkpoints/demo -- --dry-multiplier 0.8
 
 Arguments after `--` go to `charrnn sample` as they are.
 """
