@@ -26,6 +26,7 @@ from .config import (
     DEVICES,
     LONG_LINE,
     LONG_WINDOW,
+    MAX_WINDOW,
     NONLINEARITIES,
     SHORT_WINDOW,
     SMALL_TEXT_EVAL_EVERY,
@@ -361,7 +362,10 @@ def train(ctx, corpus, output, resume, init_from, unknown, quiet, device, **_):
     "--repeat-penalty does (1: off).",
 )
 @click.option(
-    "--repeat-window", type=click.IntRange(1, 100_000), default=SampleOptions.repeat_window, show_default=True
+    "--repeat-window",
+    type=click.IntRange(1, MAX_WINDOW),
+    default=SampleOptions.repeat_window,
+    show_default=True,
 )
 @click.option(
     "--dry-multiplier",
@@ -380,7 +384,7 @@ def train(ctx, corpus, output, resume, init_from, unknown, quiet, device, **_):
     show_default=True,
 )
 @click.option(
-    "--dry-window", type=click.IntRange(1, 100_000), default=SampleOptions.dry_window, show_default=True
+    "--dry-window", type=click.IntRange(1, MAX_WINDOW), default=SampleOptions.dry_window, show_default=True
 )
 @UNKNOWN
 @DEVICE

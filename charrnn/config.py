@@ -123,6 +123,9 @@ class ServeLimits:
     max_concurrent: int = 8  # generations and scores in flight; more wait in no queue
 
 
+MAX_WINDOW = 100_000  # characters a repeat penalty looks back over
+
+
 @dataclass(frozen=True)
 class SampleOptions:
     """How to sample; the defaults are `charrnn sample`'s. Checked on creation, so a bad value
@@ -154,9 +157,10 @@ class SampleOptions:
         _check_int("length", self.length, 0)
         _check_int("top_k", self.top_k, 0)
         _check_int("num_samples", self.num_samples, 1)
-        _check_int("repeat_window", self.repeat_window, 1)
+        # a window is memory (num_samples x window) taken at once: a request must not ask for GBs
+        _check_int("repeat_window", self.repeat_window, 1, MAX_WINDOW)
         _check_int("dry_allowed_length", self.dry_allowed_length, 1)
-        _check_int("dry_window", self.dry_window, 1)
+        _check_int("dry_window", self.dry_window, 1, MAX_WINDOW)
         if self.seed is not None:
             _check_int("seed", self.seed, 0, 2**63 - 1)
         _check_float("temperature", self.temperature, lambda x: x >= 0, ">= 0")

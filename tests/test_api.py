@@ -121,6 +121,8 @@ def test_stream_yields_the_text_as_it_is_made(model):
         ({"repeat_penalty": 0.5}, "repeat_penalty must be a finite number >= 1"),
         ({"dry_base": 0.5}, r"dry_base must be a finite number in \[1, 10\], not 0.5"),
         ({"dry_allowed_length": 0}, "dry_allowed_length must be >= 1, not 0"),
+        ({"repeat_window": 10**9}, "repeat_window must be >= 1 and <= 100000, not 1000000000"),
+        ({"dry_window": 10**9}, "dry_window must be >= 1 and <= 100000, not 1000000000"),
         ({"unknown": "drop"}, "unknown must be one of error, skip"),
     ],
 )
