@@ -96,6 +96,7 @@ class RepeatedSequences:
         self.vocab_size, self.breaker = vocab_size, breaker
         self.ids = np.full((n, window), vocab_size, dtype=np.int64)  # vocab_size: empty slot
         self.match = np.zeros((n, window), dtype=np.int64)
+        self.rows = np.broadcast_to(np.arange(n)[:, None], (n, window))
         for ids in first:
             self.push(np.broadcast_to(ids, (n,)))
 
@@ -109,8 +110,7 @@ class RepeatedSequences:
     def lengths(self) -> np.ndarray:
         """(N, V): the longest earlier match followed by each character (0 when none)."""
         out = np.zeros((len(self.ids), self.vocab_size + 1), dtype=np.int64)
-        rows = np.broadcast_to(np.arange(len(self.ids))[:, None], self.ids.shape)
-        np.maximum.at(out, (rows, self.ids), self.match)
+        np.maximum.at(out, (self.rows, self.ids), self.match)
         return out[:, :-1]
 
 
@@ -158,8 +158,9 @@ def generate(model: CharRNN, vocab: Vocab, opts: SampleOptions) -> Iterator[list
         yield [used] * n
     tails = [""] * n
     done = np.zeros(n, dtype=bool)
-    written = vocab.encode(used, unknown="skip")[0] if used else ids[None, :]
     recent = repeats = None
+    if opts.repeat_penalty != 1.0 or opts.dry_multiplier > 0:  # a long prime is encoded again only here
+        written = vocab.encode(used, unknown="skip")[0] if used else ids[None, :]
     if opts.repeat_penalty != 1.0:
         recent = RecentChars(n, len(vocab), opts.repeat_window, written[-opts.repeat_window :])
     if opts.dry_multiplier > 0:
