@@ -38,6 +38,8 @@ install-mpi: install  ## add MPI (mpi4py and an MPICH wheel) for mpiexec -n N ch
 
 test: install  ## run the test suite (PyTorch parity and MPI tests run when torch / the mpi extra are installed)
 	$(PY) -m pytest -q
+	@echo "GPU tests against the NumPy stand-in for CuPy (the logic and host/device discipline, not CuPy):"
+	PYTHONPATH=tests/cupy_standin $(PY) -m pytest -q -p no:cacheprovider tests/test_gpu.py
 
 lint: install  ## ruff check and format check
 	$(VENV)/bin/ruff check charrnn tests benchmarks

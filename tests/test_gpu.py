@@ -412,7 +412,8 @@ def test_gpu_trained_checkpoint_samples_and_scores_on_the_cpu(cp, corpus, tmp_pa
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_gpu_resume_is_bitwise_exact_and_may_switch_device(cp, corpus, tmp_path, cell):
     common = [*TINY, "--model", cell, "--dropout", "0.2", "--eval-every", 5, "--save-every", 5]
-    common += ["--plateau-patience", 1, "--device", "gpu"]
+    # --warmdown 0: a warmdown would anneal the 7-step first run's rates (as in test_cli's resume test)
+    common += ["--plateau-patience", 1, "--warmdown", 0, "--device", "gpu"]
     assert run("train", corpus, "-o", tmp_path / "a", *common, "--max-steps", 17).exit_code == 0
     assert run("train", corpus, "-o", tmp_path / "b", *common, "--max-steps", 7).exit_code == 0
     resumed = run(
