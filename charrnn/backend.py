@@ -16,13 +16,14 @@ The CuPy APIs used, all documented NumPy counterparts or device basics:
   - `cupy.cuda.runtime.getDeviceCount`, `cupy.cuda.Device().id`: is there a GPU, which one
   - `cupy.random.RandomState(seed, method=CURAND_RNG_PSEUDO_PHILOX4_32_10).random_sample`:
     dropout masks drawn on the device (`uniform`), seeded from the host generator
+  - `cupy.ElementwiseKernel`: one fused kernel per LSTM / GRU time step and direction
+    (gpu_kernels.py)
 Where CuPy needs different code the difference is one named branch, tested on both:
-`uniform` here, and `model.onehot_scatter_add_rows` for the gradient of the one-hot input or
-embedding (a few large products instead of the CPU's loop over distinct ids).
-Not used, on purpose: `cupyx.scatter_add`, whose atomic float additions land in a different
-order on every run, so a seeded run would not repeat nor resume bit for bit; `cupy.fuse` and
-`ElementwiseKernel`, which could fuse each time step's gate arithmetic into one launch, until a
-GPU measurement (`make gpu-check`) shows the launches matter.
+`uniform` here, `model.onehot_scatter_add_rows` for the gradient of the one-hot input or
+embedding (a few large products instead of the CPU's loop over distinct ids), and the cells'
+step arithmetic (gpu_kernels.py: `make gpu-check` on an H100 showed its many small launches
+setting the pace). Not used, on purpose: `cupyx.scatter_add`, whose atomic float additions land
+in a different order on every run, so a seeded run would not repeat nor resume bit for bit.
 """
 
 from __future__ import annotations

@@ -32,7 +32,9 @@ same recurrent product (matmul_rows) as the forward loop, so sampling equals tra
 cell buffers are one step deep and reused, so they stay in cache, and the cache returned is None.
 States are tuples: (h,) for RNN and GRU, (h, c) for LSTM.
 Each kernel takes its array functions from its inputs (backend.array_module): NumPy arrays run
-on the CPU, CuPy arrays on the GPU, through the same lines.
+on the CPU, CuPy arrays on the GPU, through the same lines, except the LSTM's and GRU's
+element-wise step work, which on a GPU is one fused kernel per step (gpu_kernels.py) computing
+the same equations into the same buffers.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import functools
 
 import numpy as np
 
+from . import gpu_kernels
 from .backend import array_module
 from .functional import sigmoid_, sigmoid_neg_
 
@@ -136,11 +139,14 @@ def _lstm_exp_scale(xp, H: int, dtype: np.dtype):
     return xp.asarray(scale)
 
 
-def _lstm_activate(a, c_prev, peep, c_out, tanh_c_out, h_out, tmp):
-    """Turn pre-activations a (N, 4H) into i, f, o, g in place and write c_t, tanh(c_t), h_t;
-    tmp (N, H) is scratch."""
+def _lstm_activate(a, xw, c_prev, peep, c_out, tanh_c_out, h_out, tmp):
+    """Turn a (N, 4H), which holds h_prev @ Wh, and xw (N, 4H) into the activated i, f, o, g in
+    a's place and write c_t, tanh(c_t), h_t; tmp (N, H) is scratch."""
     xp = array_module(a)
+    if fused := gpu_kernels.for_module(xp):
+        return fused.lstm_activate(a, xw, c_prev, peep, c_out, tanh_c_out, h_out)
     H = c_prev.shape[1]
+    a += xw
     i, f, o, g = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
     a *= _lstm_exp_scale(xp, H, a.dtype)
     if peep is None:
@@ -185,19 +191,60 @@ def lstm_forward(xw, state, Wh, peep=None, keep=True):
     with np.errstate(over="ignore"):  # sigmoid_neg_'s exp
         for t in range(T):
             a = matmul_rows(hbuf[t], Wh, gates[t % depth])
-            a += xw[t]
-            _lstm_activate(a, cbuf[t % C], peep, cbuf[(t + 1) % C], tanh_c[t % depth], hbuf[t + 1], tmp)
+            _lstm_activate(
+                a, xw[t], cbuf[t % C], peep, cbuf[(t + 1) % C], tanh_c[t % depth], hbuf[t + 1], tmp
+            )
     final = (hbuf[T].copy(), cbuf[T % C].copy())
     return hbuf[1:], final, (gates, hbuf, cbuf, tanh_c, Wh, peep) if keep else None
 
 
+def _lstm_gate_grads(dh, dh_out, dc, a, tc, c_prev, peep, scratch):
+    """lstm_backward's element-wise work at one step. a (N, 4H) holds step t's activated gates
+    and gets the gradients of their pre-activations; dh + dh_out (N, H) is the gradient of h_t
+    (dh is free afterwards: the caller overwrites it); dc (N, H) goes from c_t to c_{t-1} in
+    place; scratch is tmp (N, H), dv and deriv (N, 4H).
+
+    The gradient of every gate's value is first collected into dv, then the whole contiguous
+    block becomes pre-activation gradients with two passes: strided per-gate slices cost two to
+    four times as much per element in NumPy."""
+    xp = array_module(dh)
+    tmp, dv, deriv = scratch
+    H = dh.shape[1]
+    dh += dh_out
+    i, f, o, g = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
+    dv_i, dv_f, dv_o, dv_g = dv[:, :H], dv[:, H : 2 * H], dv[:, 2 * H : 3 * H], dv[:, 3 * H :]
+    xp.multiply(dh, tc, out=dv_o)  # h = o * tanh(c)
+    xp.multiply(tc, tc, out=tmp)  # dc += dh * o * (1 - tanh(c)^2)
+    xp.subtract(1.0, tmp, out=tmp)
+    tmp *= o
+    tmp *= dh
+    dc += tmp
+    if peep is not None:  # o's pre-activation saw c_t: its gradient reaches dc now
+        xp.subtract(1.0, o, out=tmp)
+        tmp *= o
+        tmp *= dv_o
+        tmp *= peep[2 * H :]
+        dc += tmp
+    xp.multiply(dc, g, out=dv_i)  # c = f * c_prev + i * g
+    xp.multiply(dc, i, out=dv_g)
+    xp.multiply(dc, c_prev, out=dv_f)
+    dc *= f
+    # activation derivatives over the whole block: (1 - a) * a for the sigmoid gates and
+    # (1 - g) * (1 + g) = 1 - g^2 for g, after g's slot gets its + 1
+    xp.subtract(1.0, a, out=deriv)
+    g += 1.0
+    a *= deriv
+    a *= dv
+    if peep is not None:
+        xp.multiply(i, peep[:H], out=tmp)
+        dc += tmp
+        xp.multiply(f, peep[H : 2 * H], out=tmp)
+        dc += tmp
+
+
 def lstm_backward(dhs, dstate, cache):
     """dhs (T, N, H), dstate (dhT, dcT) or None -> dxw (T, N, 4H), (dh0, dc0),
-    {"Wh": (H, 4H)} plus {"peep": (3H,)} for a peephole cell.
-
-    Each step first collects the gradient of every gate's value into dv (N, 4H), then turns the
-    whole contiguous block into pre-activation gradients with two passes: strided per-gate
-    slices cost two to four times as much per element in NumPy."""
+    {"Wh": (H, 4H)} plus {"peep": (3H,)} for a peephole cell."""
     xp = array_module(dhs)
     gates, hbuf, cbuf, tanh_c, Wh, peep = cache
     T, N, H = dhs.shape
@@ -206,42 +253,18 @@ def lstm_backward(dhs, dstate, cache):
     else:
         dh, dc = dstate[0].copy(), dstate[1].copy()
     WhT = xp.ascontiguousarray(Wh.T)  # a contiguous B is ~5% faster for the small products
-    tmp = xp.empty((N, H), dhs.dtype)
-    dv, deriv = xp.empty((N, 4 * H), dhs.dtype), xp.empty((N, 4 * H), dhs.dtype)
-    dv_i, dv_f, dv_o, dv_g = dv[:, :H], dv[:, H : 2 * H], dv[:, 2 * H : 3 * H], dv[:, 3 * H :]
+    if fused := gpu_kernels.for_module(xp):
+        gate_grads = fused.lstm_gate_grads
+    else:
+        scratch = (
+            xp.empty((N, H), dhs.dtype),
+            xp.empty((N, 4 * H), dhs.dtype),
+            xp.empty((N, 4 * H), dhs.dtype),
+        )
+        gate_grads = functools.partial(_lstm_gate_grads, scratch=scratch)
     for t in range(T - 1, -1, -1):
-        dh += dhs[t]
-        a = gates[t]
-        i, f, o, g = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
-        tc, c_prev = tanh_c[t], cbuf[t]
-        xp.multiply(dh, tc, out=dv_o)  # h = o * tanh(c)
-        xp.multiply(tc, tc, out=tmp)  # dc += dh * o * (1 - tanh(c)^2)
-        xp.subtract(1.0, tmp, out=tmp)
-        tmp *= o
-        tmp *= dh
-        dc += tmp
-        if peep is not None:  # o's pre-activation saw c_t: its gradient reaches dc now
-            xp.subtract(1.0, o, out=tmp)
-            tmp *= o
-            tmp *= dv_o
-            tmp *= peep[2 * H :]
-            dc += tmp
-        xp.multiply(dc, g, out=dv_i)  # c = f * c_prev + i * g
-        xp.multiply(dc, i, out=dv_g)
-        xp.multiply(dc, c_prev, out=dv_f)
-        dc *= f
-        # activation derivatives over the whole block: (1 - a) * a for the sigmoid gates and
-        # (1 - g) * (1 + g) = 1 - g^2 for g, after g's slot gets its + 1
-        xp.subtract(1.0, a, out=deriv)
-        g += 1.0
-        a *= deriv
-        a *= dv
-        if peep is not None:
-            xp.multiply(i, peep[:H], out=tmp)
-            dc += tmp
-            xp.multiply(f, peep[H : 2 * H], out=tmp)
-            dc += tmp
-        xp.matmul(a, WhT, out=dh)
+        gate_grads(dh, dhs[t], dc, gates[t], tanh_c[t], cbuf[t], peep)
+        xp.matmul(gates[t], WhT, out=dh)
     dxw = gates
     flat = dxw.reshape(T * N, 4 * H)
     grads = {"Wh": hbuf[:-1].reshape(T * N, H).T @ flat}
@@ -261,10 +284,9 @@ def lstm_step(xw, state, Wh, peep=None):
     xp = array_module(xw)
     h, c = state
     a = matmul_rows(h, Wh, xp.empty((len(h), Wh.shape[1]), h.dtype))
-    a += xw
     c_new, tanh_c, h_new = xp.empty_like(c), xp.empty_like(c), xp.empty_like(h)
     with np.errstate(over="ignore"):
-        _lstm_activate(a, c, peep, c_new, tanh_c, h_new, xp.empty_like(c))
+        _lstm_activate(a, xw, c, peep, c_new, tanh_c, h_new, xp.empty_like(c))
     return h_new, (h_new, c_new)
 
 
@@ -275,6 +297,8 @@ def _gru_activate(a, xw, h_prev, bhn, hn_out, h_out):
     """a (N, 3H) holds h_prev @ Wh on entry and r, z, n on exit; writes h_prev @ Wh_n + b_hn
     to hn_out and h_t to h_out."""
     xp = array_module(a)
+    if fused := gpu_kernels.for_module(xp):
+        return fused.gru_activate(a, xw, h_prev, bhn, hn_out, h_out)
     H = h_prev.shape[1]
     a[:, : 2 * H] += xw[:, : 2 * H]
     sigmoid_(a[:, : 2 * H])
@@ -306,6 +330,34 @@ def gru_forward(xw, state, Wh, bhn, keep=True):
     return hbuf[1:], (hbuf[T].copy(),), (gates, hn, hbuf, Wh) if keep else None
 
 
+def _gru_gate_grads(dh, dh_out, h_prev, a, hn, dh_direct, tmp):
+    """gru_backward's element-wise work at one step. a (N, 3H) holds step t's r, z, n and gets
+    the gradients of a_r, a_z and of hn = h_prev @ Wh_n + b_hn; hn (N, H) gets the gradient of
+    a_n; dh + dh_out (N, H) is the gradient of h_t (dh is free afterwards); dh_direct (N, H)
+    gets the part of dh_{t-1} that skips Wh; tmp (N, H) is scratch."""
+    xp = array_module(dh)
+    H = dh.shape[1]
+    dh += dh_out
+    r, z, n = a[:, :H], a[:, H : 2 * H], a[:, 2 * H :]
+    xp.subtract(h_prev, n, out=tmp)  # dz = dh * (h_prev - n)
+    tmp *= dh
+    xp.subtract(1, z, out=dh_direct)  # da_n = dh * (1 - z) * (1 - n^2), into n's slot
+    n *= n
+    xp.subtract(1, n, out=n)
+    n *= dh_direct
+    n *= dh
+    xp.multiply(dh, z, out=dh_direct)  # the path h_prev -> h that skips Wh
+    tmp *= z  # da_z = dz * z * (1 - z)
+    xp.subtract(1, z, out=z)
+    z *= tmp
+    xp.multiply(n, hn, out=tmp)  # dr = da_n * hn
+    hn[...] = n  # hn's slot keeps da_n, the input-side gradient of the n gate
+    n *= r  # n's slot becomes d(hn) = da_n * r, the recurrent-side one
+    tmp *= r  # da_r = dr * r * (1 - r)
+    xp.subtract(1, r, out=r)
+    r *= tmp
+
+
 def gru_backward(dhs, dstate, cache):
     """dhs (T, N, H), dstate (dhT,) or None -> dxw (T, N, 3H), (dh0,),
     {"Wh": (H, 3H), "bhn": (H,)}."""
@@ -313,29 +365,14 @@ def gru_backward(dhs, dstate, cache):
     gates, hn, hbuf, Wh = cache
     T, N, H = dhs.shape
     dh = xp.zeros((N, H), dhs.dtype) if dstate is None else dstate[0].copy()
-    tmp, dh_direct = xp.empty((N, H), dhs.dtype), xp.empty((N, H), dhs.dtype)
+    dh_direct = xp.empty((N, H), dhs.dtype)
+    if fused := gpu_kernels.for_module(xp):
+        gate_grads = fused.gru_gate_grads
+    else:
+        gate_grads = functools.partial(_gru_gate_grads, tmp=xp.empty((N, H), dhs.dtype))
     for t in range(T - 1, -1, -1):
-        dh += dhs[t]
-        a = gates[t]
-        r, z, n = a[:, :H], a[:, H : 2 * H], a[:, 2 * H :]
-        xp.subtract(hbuf[t], n, out=tmp)  # dz = dh * (h_prev - n)
-        tmp *= dh
-        xp.subtract(1, z, out=dh_direct)  # da_n = dh * (1 - z) * (1 - n^2), into n's slot
-        n *= n
-        xp.subtract(1, n, out=n)
-        n *= dh_direct
-        n *= dh
-        xp.multiply(dh, z, out=dh_direct)  # the path h_prev -> h that skips Wh
-        tmp *= z  # da_z = dz * z * (1 - z)
-        xp.subtract(1, z, out=z)
-        z *= tmp
-        xp.multiply(n, hn[t], out=tmp)  # dr = da_n * hn
-        hn[t] = n  # hn's slot keeps da_n, the input-side gradient of the n gate
-        n *= r  # n's slot becomes d(hn) = da_n * r, the recurrent-side one
-        tmp *= r  # da_r = dr * r * (1 - r)
-        xp.subtract(1, r, out=r)
-        r *= tmp
-        xp.matmul(a, Wh.T, out=dh)
+        gate_grads(dh, dhs[t], hbuf[t], gates[t], hn[t], dh_direct)
+        xp.matmul(gates[t], Wh.T, out=dh)
         dh += dh_direct
     flat = gates.reshape(T * N, 3 * H)
     grads = {"Wh": hbuf[:-1].reshape(T * N, H).T @ flat, "bhn": gates[:, :, 2 * H :].sum(axis=(0, 1))}
