@@ -10,9 +10,10 @@ so a step costs its recurrent product and one launch each way.
 The kernels compute the equations of cells.py's docstring with its buffers and layouts:
 pre-activations are replaced in place by the activated gates (gate order LSTM_GATES, GRU_GATES)
 and, backward, the activated gates by the gradients of their pre-activations, so nothing else
-in the engine can tell which form ran. tests/test_gpu.py checks them on a device: gradient
-checks in float64, the GPU against the CPU on the same weights, the step path against the
-training path.
+in the engine can tell which form ran. tests/test_gpu_kernels.py compiles the bodies for the
+host as C++ and runs the model through them against the NumPy code (float64, every gradient);
+tests/test_gpu.py checks them on a device: gradient checks in float64, the GPU against the CPU
+on the same weights, the step path against the training path.
 
 `for_module(xp)` gives them for CuPy and None for NumPy, and for an array module without
 `ElementwiseKernel` (the tests' NumPy stand-in for CuPy), which then runs cells.py's array code.
