@@ -165,9 +165,14 @@ def run_trial(trial, options: TuneOptions, stop: dict) -> float:
     )
     trial.set_user_attr("run_dir", str(out))
 
+    reported: set[int] = set()
+
     def report(record: dict) -> bool:
         value = record["val_loss"] if record["val_loss"] is not None else record["train_loss"]
-        trial.report(value, int(record["elapsed"]))
+        second = int(record["elapsed"])
+        if second not in reported:  # Optuna keeps one value per step and warns about another
+            trial.report(value, second)
+            reported.add(second)
         return trial.should_prune()
 
     trainer.on_eval = report
