@@ -20,6 +20,8 @@ no install: it runs the checkout as it is. At most about 5 minutes (TOTAL_SECOND
                 both sides on the same windows (charrnn.scoring.window_len)
      memory     peak GPU memory of each part: CuPy's memory pool (bytes it holds), PyTorch's
                 torch.cuda.max_memory_reserved
+     array code charrnn's training at the larger size and its sampling again with the fused step
+                kernels off (charrnn/gpu_kernels.py), so one run shows what they gain
    Every measurement runs in its own process under a hard time limit, so a crash, a hang or a
    missing package costs only its own line; each part's raw output is printed before the table.
 """
@@ -65,6 +67,8 @@ def parts(sizes: dict) -> list[tuple[str, int]]:
         (f"ours {small}", 30),
         (f"torch {small}", 30),
         (f"torch {big} tf32", 30),
+        (f"ours {big} array-code", 45),
+        ("ours sample array-code", 30),
     ]
 
 
@@ -215,6 +219,11 @@ def torch_score(sizes: dict, streams: int) -> dict:
 
 
 def run_part(name: str, sizes: dict) -> dict:
+    if name.endswith(" array-code"):  # cells.py's array code, as before the fused kernels
+        from charrnn import gpu_kernels
+
+        gpu_kernels.for_module = lambda xp: None
+        name = name.removesuffix(" array-code")
     side, kind, *rest = name.split()
     if kind == "train":
         layers, hidden = map(int, rest[0].split("x"))
@@ -302,13 +311,25 @@ def table(results: dict, sizes: dict) -> str:
             f"| {label} | {fmt(a)} | {fmt(t)} | {ratio} | {target} | "
             f"{fmt(ours.get('peak_mib'))} | {fmt(theirs.get('peak_mib'))} |"
         )
-    tf32 = (results.get(f"torch train {l2}x{h2} tf32") or {}).get("chars_per_s")
-    ours_big = (results.get(f"ours train {l2}x{h2}") or {}).get("chars_per_s")
-    ours_small = (results.get(f"ours train {l1}x{h1}") or {}).get("chars_per_s")
+
+    def speed(part):
+        return (results.get(part) or {}).get("chars_per_s")
+
+    tf32, ours_big, ours_small = (
+        speed(f"torch train {l2}x{h2} tf32"),
+        speed(f"ours train {l2}x{h2}"),
+        speed(f"ours train {l1}x{h1}"),
+    )
     notes = [
         f"PyTorch cuDNN with TF32 (its default) at {l2}x{h2}: {fmt(tf32)} chars/s"
         + (f"; charrnn / that = {ours_big / tf32:.2f}x" if tf32 and ours_big else ""),
     ]
+    for label, part in ((f"training {l2}x{h2}", f"train {l2}x{h2}"), ("sampling", "sample")):
+        fused, array = speed(f"ours {part}"), speed(f"ours {part} array-code")
+        notes.append(
+            f"charrnn {label} with the array code instead of the fused step kernels: {fmt(array)} chars/s"
+            + (f"; fused / array code = {fused / array:.2f}x" if fused and array else "")
+        )
     if sizes is FULL and ours_small:
         notes.append(
             f"charrnn {l1}x{h1} on the GPU / on 2 CPU cores ({CPU_LSTM_2X512:,} chars/s at batch 64, "
